@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test run on a fresh machine, as root: install the project with its dev
+# extras, bring up the mini-cluster, run the suite, then check the code. Fails loudly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install --quiet --root-user-action=ignore -e '.[dev,local]'
+bash tests/cluster/start.sh
+python3 -m pytest "$@"
+ruff check .
+mypy --strict daemon
