@@ -1,0 +1,28 @@
+"""Fixtures shared by all tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.cluster import Cluster, ClusterStartError, start_cluster
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    """The running mini-cluster, started by ``tests/cluster/start.sh`` unless it already
+    runs. A cluster that cannot come up fails the tests that need it; it never skips them.
+
+    At the end of the session the test user's leftover jobs are cancelled, so the next
+    session starts with empty nodes; the cluster itself stays up for reuse.
+    """
+    failure = None
+    try:
+        running = start_cluster()
+    except ClusterStartError as exc:
+        failure = str(exc)
+    if failure is not None:  # outside the except: the report shows no chained traceback
+        pytest.fail(failure, pytrace=False)
+    yield running
+    running.admin("scancel", f"--user={running.user}", check=False)
