@@ -1,0 +1,280 @@
+"""Session files: the strict model of one notebook's wish, and loading a directory of them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from nbtether.config import NAME_PATTERN, describe_validation_error
+
+SUFFIXES = (".yaml", ".yml")
+
+# Values that end up in `#SBATCH` lines or shell words on the cluster. Anything outside these
+# sets (spaces, quotes, `;`, `$`, backticks, newlines) is rejected, and shell words are quoted
+# as well, so no field can run a command there.
+SlurmWord = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+-]{1,128}$")]
+Constraint = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:|&()\[\]*!-]{1,256}$")]
+Memory = Annotated[str, Field(pattern=r"^[0-9]{1,9}[KMGTkmgt]?$")]
+ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.+/-]{1,200}$")]
+RemotePath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.~/+@%,:=-]{1,1024}$")]
+AddressPrefix = Annotated[str, Field(pattern=r"^[0-9A-Fa-f.:]{1,64}$")]
+SetupLine = Annotated[str, Field(pattern=r"^[^\n\r\x00]*$")]
+
+_WALLTIME = re.compile(
+    r"^(?:(?P<d>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+    r"|(?P<h>\d+):(?P<m>\d+):(?P<s>\d+)"
+    r"|(?P<mm>\d+):(?P<ms>\d+)"
+    r"|(?P<min>\d+))$"
+)
+_DURATION = re.compile(r"^(?P<n>\d+)\s*(?P<unit>s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SEXAGESIMAL_TAGS = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+
+
+def parse_walltime(value: object) -> timedelta:
+    """Parse SLURM's `--time` formats (`min`, `min:sec`, `h:m:s`, `d-h`, `d-h:m`, `d-h:m:s`)."""
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        result = timedelta(minutes=value)
+    elif isinstance(value, str) and (match := _WALLTIME.match(value.strip())):
+        parts = {k: int(v) for k, v in match.groupdict().items() if v is not None}
+        result = timedelta(
+            days=parts.get("d", 0),
+            hours=parts.get("dh", 0) + parts.get("h", 0),
+            minutes=parts.get("dm", 0) + parts.get("m", 0) + parts.get("mm", 0)
+            + parts.get("min", 0),
+            seconds=parts.get("ds", 0) + parts.get("s", 0) + parts.get("ms", 0),
+        )
+    else:
+        raise ValueError("not a SLURM time (use min, h:m:s, d-h:m:s …)")
+    if result <= timedelta(0):
+        raise ValueError("must be longer than zero")
+    if result > timedelta(days=365):
+        raise ValueError("must be at most 365 days")
+    return result
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse a short duration: `90s`, `10m`, `2h`, `1d`, or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (match := _DURATION.match(value.strip())):
+        return timedelta(seconds=int(match["n"]) * _UNIT_SECONDS[match["unit"]])
+    raise ValueError("not a duration (use e.g. 90s, 10m, 2h)")
+
+
+def format_walltime(value: timedelta) -> str:
+    """SLURM's `D-HH:MM:SS`, rounded up to whole seconds."""
+    seconds = int(-(-value.total_seconds() // 1))
+    days, rest = divmod(seconds, 86400)
+    return f"{days}-{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+
+
+Walltime = Annotated[timedelta, BeforeValidator(parse_walltime)]
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """What the job asks SLURM for."""
+
+    partition: SlurmWord | None = Field(None, description="Partition (site default if unset).")
+    reservation: SlurmWord | None = Field(None, description="Reservation to run in.")
+    account: SlurmWord | None = Field(None, description="Account to charge.")
+    qos: SlurmWord | None = Field(None, description="Quality of service.")
+    cpus: int = Field(1, ge=1, le=4096, description="CPUs for the notebook (--cpus-per-task).")
+    mem: Memory | None = Field(None, description="Memory, e.g. 2G (--mem).")
+    time: Walltime = Field(
+        timedelta(hours=1), description='Walltime of one job, SLURM format, e.g. "02:00:00".'
+    )
+    gpus: int = Field(0, ge=0, le=64, description="GPUs (--gpus), 0 for none.")
+    constraint: Constraint | None = Field(None, description="Node features (--constraint).")
+
+
+class Environment(_Strict):
+    """How the job finds Jupyter on the cluster."""
+
+    modules: list[ModuleName] = Field(
+        default_factory=list, description="`module load` each, in order."
+    )
+    venv: RemotePath | None = Field(None, description="Python venv to activate (e.g. ~/env).")
+    conda: RemotePath | None = Field(None, description="Conda environment name or path.")
+    setup: list[SetupLine] = Field(
+        default_factory=list,
+        description="Extra shell lines run in the job before Jupyter (your own commands).",
+    )
+
+
+class Jupyter(_Strict):
+    """How Jupyter runs inside the job."""
+
+    app: Literal["lab", "notebook", "server"] = Field("lab", description="Which Jupyter app.")
+    root_dir: RemotePath = Field("~", description="Notebook root on the cluster.")
+    address_prefix: AddressPrefix | None = Field(
+        None,
+        description="Bind to the node address starting with this (default: the node name).",
+    )
+
+
+class Restart(_Strict):
+    """What to do when a job ends while the file still exists."""
+
+    policy: Literal["always", "on-timeout", "never"] = Field(
+        "always",
+        description="`always`: resubmit after any end; `on-timeout`: only after walltime, "
+        "preemption or node failure; `never`: report and stop.",
+    )
+    handover: Duration = Field(
+        timedelta(minutes=10),
+        description="Start the successor this long before walltime ends (0s: no handover).",
+    )
+    max_failures: int = Field(
+        3, ge=1, le=100, description="Failed starts in a row before giving up."
+    )
+
+
+class SessionSpec(_Strict):
+    """One session file: which notebook the user wants, where, and how."""
+
+    cluster: Annotated[str, Field(pattern=NAME_PATTERN)] = Field(
+        description="A key of `clusters` in the config."
+    )
+    local_port: int = Field(
+        ge=1024, le=65535, description="The notebook is served at http://127.0.0.1:PORT/."
+    )
+    resources: Resources = Field(default_factory=Resources)
+    environment: Environment = Field(default_factory=Environment)
+    jupyter: Jupyter = Field(default_factory=Jupyter)
+    restart: Restart = Field(default_factory=Restart)
+
+    def job_fingerprint(self) -> str:
+        """A digest of everything that shapes the job; a change means a new job."""
+        shaping = self.model_dump_json(include={"cluster", "resources", "environment", "jupyter"})
+        return hashlib.sha256(shaping.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class InvalidSpec:
+    """A session file that does not validate; `reason` names the field."""
+
+    reason: str
+
+
+Spec = SessionSpec | InvalidSpec
+
+
+def session_name(path: Path) -> str | None:
+    """The session name of a file in the sessions directory, or None if it is not one."""
+    if path.suffix not in SUFFIXES or path.name.startswith("."):
+        return None
+    return path.stem
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML without 1.1's base-60 numbers, so `time: 02:00:00` stays a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _SEXAGESIMAL_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern in (
+    ("tag:yaml.org,2002:int", r"^[-+]?(?:0|[1-9][0-9_]*)$"),
+    ("tag:yaml.org,2002:float", r"^[-+]?(?:[0-9][0-9_]*)?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
+):
+    _Loader.add_implicit_resolver(_tag, re.compile(_pattern), list("-+0123456789."))
+
+
+def parse_session(name: str, text: str) -> Spec:
+    """Validate the text of one session file."""
+    if not re.match(NAME_PATTERN, name):
+        return InvalidSpec(
+            f"file name: {name!r} is not a session name (letters, digits, _ . -; at most 64)"
+        )
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        return InvalidSpec(f"not valid YAML: {exc}".replace("\n", " "))
+    if data is None:
+        return InvalidSpec("the file is empty")
+    if not isinstance(data, dict):
+        return InvalidSpec("the file must be a mapping of keys to values")
+    try:
+        return SessionSpec.model_validate(data)
+    except ValidationError as exc:
+        return InvalidSpec(describe_validation_error(exc))
+
+
+def session_files(directory: Path) -> list[Path]:
+    """The session files in a directory (the first of `x.yaml` and `x.yml` wins)."""
+    files: dict[str, Path] = {}
+    if directory.is_dir():
+        for path in sorted(directory.iterdir()):
+            name = session_name(path)
+            if name is not None and name not in files and path.is_file():
+                files[name] = path
+    return list(files.values())
+
+
+def check_files(
+    paths: Iterable[Path], clusters: Iterable[str], port_holders: Mapping[int, str] | None = None
+) -> dict[Path, Spec]:
+    """Validate session files, including what one file cannot check alone.
+
+    `port_holders` maps ports to the sessions that already serve them, so that a new file
+    on a taken port is the one marked invalid, never the running session.
+    """
+    known = set(clusters)
+    specs: dict[Path, Spec] = {}
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            specs[path] = InvalidSpec(f"cannot read the file: {exc}")
+            continue
+        spec = parse_session(session_name(path) or path.stem, text)
+        if isinstance(spec, SessionSpec) and spec.cluster not in known:
+            names = ", ".join(sorted(known)) or "none configured"
+            spec = InvalidSpec(f"cluster: unknown cluster {spec.cluster!r} ({names})")
+        specs[path] = spec
+    return _reject_shared_ports(specs, port_holders or {})
+
+
+def load_sessions(
+    directory: Path, clusters: Iterable[str], port_holders: Mapping[int, str] | None = None
+) -> dict[str, Spec]:
+    """Every session in `directory` by name, validated together."""
+    checked = check_files(session_files(directory), clusters, port_holders)
+    return {path.stem: spec for path, spec in checked.items()}
+
+
+def _reject_shared_ports(
+    specs: dict[Path, Spec], holders: Mapping[int, str]
+) -> dict[Path, Spec]:
+    valid = {path.stem: (path, spec) for path, spec in specs.items()
+             if isinstance(spec, SessionSpec)}
+    owner: dict[int, str] = {}
+    for port, holder in holders.items():
+        if holder in valid and valid[holder][1].local_port == port:
+            owner[port] = holder
+    for name, (path, spec) in valid.items():
+        first = owner.setdefault(spec.local_port, name)
+        if first != name:
+            specs[path] = InvalidSpec(
+                f"local_port: {spec.local_port} is already used by session {first!r}"
+            )
+    return specs
