@@ -1,0 +1,117 @@
+"""The SLURM edge: batch script rendering, commands, and parsing of real captured output."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from nbtether import slurm
+from nbtether.slurm import JobState
+from nbtether.spec import SessionSpec
+
+CAPTURED = Path(__file__).parent / "captured"
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+
+
+def tutorial_spec(**jupyter: str) -> SessionSpec:
+    return SessionSpec.model_validate({
+        "cluster": "hpc", "local_port": 8888,
+        "resources": {"partition": "cpu", "reservation": "cpu_introduction", "mem": "2G",
+                      "cpus": 1, "time": "02:00:00"},
+        "environment": {"modules": ["python/3.11.6-gcc-13.2.0"], "venv": "~/jupyter_env"},
+        "jupyter": jupyter,
+    })
+
+
+def test_script_asks_for_the_declared_resources() -> None:
+    """Each resource becomes one #SBATCH directive; unset ones are left out."""
+    script = slurm.render_script(tutorial_spec(), instance="abcd1234", session="analysis")
+    directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
+    assert directives == [
+        "#SBATCH --job-name=nbtether-abcd1234-analysis",
+        "#SBATCH --output=.nbtether/abcd1234/analysis/slurm-%j.out",
+        "#SBATCH --ntasks=1",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --time=0-02:00:00",
+        "#SBATCH --partition=cpu",
+        "#SBATCH --reservation=cpu_introduction",
+        "#SBATCH --mem=2G",
+    ]
+    assert script.startswith("#!/bin/bash -l\n")
+
+
+def test_script_loads_modules_then_venv_and_is_valid_bash() -> None:
+    """Modules load in order before the venv is activated, and bash accepts the script."""
+    script = slurm.render_script(tutorial_spec(root_dir="~/work"),
+                                 instance="abcd1234", session="analysis")
+    lines = script.splitlines()
+    assert lines.index("module load python/3.11.6-gcc-13.2.0") < lines.index(
+        'source "$HOME"/jupyter_env/bin/activate')
+    assert '--ServerApp.root_dir="$HOME"/work' in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_script_never_holds_the_token() -> None:
+    """The token reaches Jupyter through JUPYTER_TOKEN_FILE only."""
+    script = slurm.render_script(tutorial_spec(), instance="abcd1234", session="analysis")
+    assert 'export JUPYTER_TOKEN_FILE="$HOME"/.nbtether/abcd1234/analysis/token' in script
+    assert "--IdentityProvider.token" not in script and "--token" not in script
+
+
+def test_address_prefix_selects_an_interface() -> None:
+    """With address_prefix the job binds to the node address starting with it."""
+    script = slurm.render_script(tutorial_spec(address_prefix="10.211.4."),
+                                 instance="abcd1234", session="analysis")
+    assert "awk -v p=10.211.4." in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_token_file_is_written_from_stdin_with_umask() -> None:
+    """The prepare command creates 0600 files from stdin: the token is not in argv."""
+    command = slurm.prepare_command("abcd1234", "analysis")
+    assert command.startswith("umask 077 && ")
+    assert "cat > .nbtether/abcd1234/analysis/token.new" in command
+
+
+def test_job_names_identify_daemon_and_session() -> None:
+    """A job name maps back to its session only for the daemon instance that made it."""
+    name = slurm.job_name("abcd1234", "analysis")
+    assert slurm.session_of(name, "abcd1234") == "analysis"
+    assert slurm.session_of(name, "ffff0000") is None
+
+
+@pytest.mark.parametrize(("state", "kind"), [
+    ("PENDING", JobState.WAITING), ("RUNNING", JobState.RUNNING),
+    ("COMPLETING", JobState.ENDING), ("SUSPENDED", JobState.PAUSED),
+    ("TIMEOUT", JobState.ENDED), ("CANCELLED by 1001", JobState.ENDED),
+    ("NODE_FAIL", JobState.ENDED), ("SPECIAL_EXIT", JobState.HELD),
+    ("BRAND_NEW_STATE", JobState.UNKNOWN), ("REQUEUED", JobState.WAITING),
+])
+def test_states_are_classified(state: str, kind: JobState) -> None:
+    """Every SLURM state maps to what the daemon does; unknown ones are UNKNOWN."""
+    assert slurm.JobInfo(job_id="1", name="x", state=state).kind is kind
+
+
+def test_parse_sbatch() -> None:
+    """`sbatch --parsable` prints `id` or `id;cluster`."""
+    assert slurm.parse_sbatch("42\n") == "42"
+    assert slurm.parse_sbatch("42;cluster\n") == "42"
+    with pytest.raises(ValueError):
+        slurm.parse_sbatch("Submitted batch job 42")
+
+
+def test_parse_time_left() -> None:
+    """squeue's %L in all its shapes."""
+    assert slurm.parse_time_left("1-02:03:04") == timedelta(days=1, hours=2, minutes=3,
+                                                             seconds=4)
+    assert slurm.parse_time_left("03:04") == timedelta(minutes=3, seconds=4)
+    assert slurm.parse_time_left("UNLIMITED") is None
+
+
+def test_job_ids_are_checked_before_reaching_a_command() -> None:
+    """Only numeric job ids reach scancel and sacct."""
+    with pytest.raises(ValueError):
+        slurm.scancel_command(["1; rm -rf ~"])
