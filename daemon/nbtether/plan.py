@@ -1,0 +1,328 @@
+"""The pure core: from what is wanted and what is seen, decide what to do. No I/O, no clock.
+
+`plan(spec, record, seen, now)` returns the updated record, the actions to carry out in
+order, and when to look again. Every decision of the daemon is made here, so that the
+table of cases in tests/unit/test_plan.py is the specification of its behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from nbtether import slurm
+from nbtether.slurm import JobInfo, JobState
+from nbtether.spec import InvalidSpec, SessionSpec, Spec
+from nbtether.state import Endpoint, Record
+
+RECHECK = 30.0  # seconds between looks at a session that waits on nothing in particular
+PROBE_AGAIN = 0.5  # the notebook was announced but does not answer yet
+BACKOFF_BASE = 15.0  # failed starts are retried after 15 s, 30 s, 60 s, …
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Submit a new job (as the successor of the current one if `successor`)."""
+
+    successor: bool = False
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel jobs and wait until SLURM confirms they are gone."""
+
+    job_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Serve the session on 127.0.0.1:port (moving the listener if it was elsewhere)."""
+
+    port: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """Point the listener's new connections at an endpoint (None: hold them)."""
+
+    endpoint: Endpoint | None
+
+
+@dataclass(frozen=True)
+class Unlisten:
+    """Close the session's port."""
+
+
+@dataclass(frozen=True)
+class Forget:
+    """Drop the record: the session is gone."""
+
+
+Action = Submit | Cancel | Listen | Route | Unlisten | Forget
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the daemon observed about one session just before planning."""
+
+    problem: str | None = None  # the cluster cannot be observed (no connection, no squeue)
+    job: JobInfo | None = None  # the record's job; None when SLURM no longer knows it
+    successor: JobInfo | None = None
+    endpoint: Endpoint | None = None  # announced by the record's job
+    successor_endpoint: Endpoint | None = None
+    answering: bool = False  # the job's notebook answered with the token
+    successor_answering: bool = False
+    strays: tuple[JobInfo, ...] = ()  # queued/running jobs of this session the record lacks
+    listening: int | None = None
+    routed: Endpoint | None = None
+    port_error: str | None = None
+
+
+@dataclass
+class Plan:
+    """The outcome of planning: the new record, what to do, and when to look again."""
+
+    record: Record | None
+    actions: list[Action] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def _active(job: JobInfo | None) -> bool:
+    return job is not None and job.kind is not JobState.ENDED
+
+
+def plan(spec: Spec | None, record: Record | None, seen: Seen, now: datetime) -> Plan:
+    """Decide the next steps for one session."""
+    if spec is None:
+        return _plan_removal(record, seen) if record else Plan(None)
+    assert record is not None, "the caller creates a record (with its token) for a new file"
+    record = record.model_copy(deep=True)
+    if isinstance(spec, InvalidSpec):
+        record.phase, record.message = "invalid", spec.reason
+        return Plan(record)
+    return _plan_session(spec, record, seen, now)
+
+
+def _plan_removal(record: Record, seen: Seen) -> Plan:
+    record = record.model_copy(deep=True)
+    record.phase = "stopping"
+    actions: list[Action] = [Unlisten()] if seen.listening is not None else []
+    if seen.problem:
+        record.message = f"waiting for the cluster to cancel the job: {seen.problem}"
+        return Plan(record, actions, RECHECK)
+    jobs = list(dict.fromkeys(job.job_id for job in (seen.job, seen.successor, *seen.strays)
+                              if job is not None and _active(job)))
+    if jobs:
+        record.message = "cancelling job " + ", ".join(jobs)
+        return Plan(record, [*actions, Cancel(tuple(jobs))], 0.0)
+    return Plan(None, [*actions, Forget()])
+
+
+def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) -> Plan:
+    fingerprint = spec.job_fingerprint()
+    record.local_port, record.app = spec.local_port, spec.jupyter.app
+    out = Plan(record)
+    if seen.listening != spec.local_port:
+        out.actions.append(Listen(spec.local_port))
+    if seen.port_error:
+        record.phase, record.message = "failed", seen.port_error
+        out.requeue_after = RECHECK
+        return out
+    if seen.problem:
+        record.message = f"cluster unreachable: {seen.problem}"
+        out.requeue_after = RECHECK
+        return out
+
+    job = seen.job
+    known = {record.job_id, record.successor_id}
+    strays = [stray for stray in seen.strays if stray.job_id not in known]
+    if strays and not _active(job) and record.successor_id is None:
+        # A job we submitted but never recorded (the daemon died right after sbatch): adopt
+        # the newest instead of submitting another.
+        newest = max(strays, key=lambda stray: int(stray.job_id))
+        strays.remove(newest)
+        record.job_id, record.fingerprint, record.endpoint = newest.job_id, fingerprint, None
+        job = newest
+    if strays:
+        out.actions.append(Cancel(tuple(stray.job_id for stray in strays)))
+
+    if record.given_up_on == fingerprint and not _active(job):
+        record.phase = "failed"
+        return out
+    record.given_up_on = None
+
+    if record.job_id and record.fingerprint != fingerprint and _active(job):
+        # Resources or environment changed: this job no longer matches the file.
+        out.actions += [Route(None), Cancel(_jobs_of(record))]
+        record.job_id = record.successor_id = None
+        record.endpoint, record.ends_at, record.failures = None, None, 0
+        job = None
+        return _submit(out, record, fingerprint, now)
+
+    if record.job_id is None:
+        return _submit(out, record, fingerprint, now)
+    if job is None or job.kind is JobState.ENDED:
+        return _after_end(spec, record, job, seen, fingerprint, now, out)
+    return _follow_job(spec, record, job, seen, fingerprint, now, out)
+
+
+def _jobs_of(record: Record) -> tuple[str, ...]:
+    return tuple(job for job in (record.job_id, record.successor_id) if job)
+
+
+def _submit(out: Plan, record: Record, fingerprint: str, now: datetime) -> Plan:
+    record.job_id, record.endpoint, record.ends_at = None, None, None
+    if record.retry_at and record.retry_at > now:
+        wait = (record.retry_at - now).total_seconds()
+        record.phase = "pending"
+        record.message = f"{record.last_end}; retrying in {int(wait)} s".lstrip("; ")
+        out.requeue_after = wait
+        return out
+    record.retry_at, record.fingerprint = None, fingerprint
+    record.phase, record.message = "pending", "submitting"
+    if Route(None) not in out.actions:
+        out.actions.append(Route(None))
+    out.actions.append(Submit())
+    out.requeue_after = 0.0
+    return out
+
+
+def _after_end(
+    spec: SessionSpec,
+    record: Record,
+    job: JobInfo | None,
+    seen: Seen,
+    fingerprint: str,
+    now: datetime,
+    out: Plan,
+) -> Plan:
+    state = job.base_state if job else "GONE"
+    said = job.state if job else "gone from squeue and sacct"
+    if record.successor_id and _active(seen.successor):
+        # The old job ended first: the successor simply becomes the job.
+        record.job_id, record.successor_id = record.successor_id, None
+        record.endpoint, record.ends_at = None, None
+        record.restarts += 1
+        record.phase, record.message = "pending", f"previous job ended ({said})"
+        out.actions.append(Route(None))
+        out.requeue_after = 0.0
+        return out
+    policy = spec.restart.policy
+    out.actions.append(Route(None))
+    if state in slurm.INTERRUPTED or state == "GONE":
+        if policy == "never":
+            return _give_up(out, record, fingerprint,
+                            f"job ended ({said}); restart policy is never")
+        record.last_end = f"job {record.job_id} ended ({said})"
+        record.restarts += 1
+        return _submit(out, record, fingerprint, now)
+    if state == "CANCELLED":
+        return _give_up(out, record, fingerprint,
+                        f"job {record.job_id} was {said.lower()} outside nbtether")
+    if policy != "always":
+        return _give_up(out, record, fingerprint,
+                        f"job {record.job_id} ended ({said}); restart policy is {policy}")
+    record.failures += 1
+    if record.failures >= spec.restart.max_failures:
+        return _give_up(out, record, fingerprint,
+                        f"job ended ({said}) {record.failures} times in a row; "
+                        "see `nbtether logs` and edit the file to try again")
+    delay = BACKOFF_BASE * 2 ** (record.failures - 1)
+    record.retry_at = now + timedelta(seconds=delay)
+    record.last_end = f"job {record.job_id} ended ({said})"
+    record.restarts += 1
+    return _submit(out, record, fingerprint, now)
+
+
+def _give_up(out: Plan, record: Record, fingerprint: str, message: str) -> Plan:
+    record.phase, record.message, record.given_up_on = "failed", message, fingerprint
+    record.endpoint = record.ends_at = None
+    out.requeue_after = None
+    return out
+
+
+def _follow_job(
+    spec: SessionSpec,
+    record: Record,
+    job: JobInfo,
+    seen: Seen,
+    fingerprint: str,
+    now: datetime,
+    out: Plan,
+) -> Plan:
+    out.requeue_after = RECHECK
+    if job.ends_at:
+        record.ends_at = job.ends_at
+    kind = job.kind
+    if kind is JobState.UNKNOWN:
+        record.message = f"cannot see job {job.job_id}: {job.reason or job.state}"
+        return out
+    if kind in (JobState.WAITING, JobState.HELD, JobState.PAUSED):
+        if record.endpoint or seen.routed:
+            out.actions.append(Route(None))  # requeued or suspended: the old address is stale
+        record.endpoint = None
+        record.phase = "pending"
+        reason = job.reason or job.base_state.lower()
+        record.message = f"{job.base_state.lower()}: {reason}" if kind is not JobState.WAITING \
+            else f"queued: {reason}"
+        return out
+    if seen.endpoint is None:
+        record.phase, record.message = "starting", f"job running on {job.node or '?'}; " \
+            "waiting for Jupyter to start"
+        return out
+    if not seen.answering:
+        record.phase, record.message = "starting", "Jupyter announced; waiting for it to answer"
+        out.requeue_after = PROBE_AGAIN
+        return out
+    record.endpoint, record.failures = seen.endpoint, 0
+    if seen.routed != seen.endpoint:
+        out.actions.append(Route(seen.endpoint))
+    record.phase, record.message = "ready", _time_left(record, now)
+    return _handover(spec, record, seen, fingerprint, now, out)
+
+
+def _handover(
+    spec: SessionSpec, record: Record, seen: Seen, fingerprint: str, now: datetime, out: Plan
+) -> Plan:
+    lead = spec.restart.handover
+    if spec.restart.policy == "never" or not lead or record.ends_at is None:
+        return out
+    if lead >= spec.resources.time:
+        if record.ends_at - now <= lead:
+            record.message += "; walltime is near and handover is longer than the walltime"
+        return out
+    starts_at = record.ends_at - lead
+    if now < starts_at and record.successor_id is None:
+        out.requeue_after = min(RECHECK, (starts_at - now).total_seconds())
+        return out
+    successor = seen.successor
+    if record.successor_id is None:
+        record.phase, record.message = "handover", "starting the successor job"
+        out.actions.append(Submit(successor=True))
+        out.requeue_after = 0.0
+        return out
+    if successor is not None and successor.kind is JobState.ENDED:
+        record.successor_id = None
+        record.message += f"; successor ended ({successor.state}), will resubmit at walltime"
+        return out
+    record.phase = "handover"
+    if seen.successor_endpoint and seen.successor_answering:
+        old = record.job_id
+        out.actions += [Route(seen.successor_endpoint), Cancel((old,) if old else ())]
+        record.job_id, record.successor_id = record.successor_id, None
+        record.endpoint, record.ends_at = seen.successor_endpoint, None
+        record.restarts += 1
+        record.phase, record.message = "ready", "handed over to the successor job"
+        out.requeue_after = 0.0
+        return out
+    state = successor.state.lower() if successor else "submitted"
+    record.message = f"successor job {record.successor_id} {state}; {_time_left(record, now)}"
+    out.requeue_after = PROBE_AGAIN if seen.successor_endpoint else min(RECHECK, 5.0)
+    return out
+
+
+def _time_left(record: Record, now: datetime) -> str:
+    if record.ends_at is None:
+        return "running"
+    left = max(0, int((record.ends_at - now).total_seconds()))
+    return f"{left // 3600}h{left % 3600 // 60:02d}m left"

@@ -1,0 +1,151 @@
+"""What the daemon remembers per session: records in `state_dir`, 0600 files in a 0700 dir."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+Phase = Literal["pending", "starting", "ready", "handover", "stopping", "failed", "invalid"]
+APP_PATHS = {"lab": "lab", "notebook": "tree", "server": ""}
+
+
+class Endpoint(BaseModel):
+    """Where a job's Jupyter listens, as the node sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    node: str
+    address: str
+    port: int
+
+
+class Record(BaseModel):
+    """One session as the daemon last left it; the record outlives the daemon process."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    cluster: str
+    token: str
+    local_port: int | None
+    app: str = "lab"
+    phase: Phase = "pending"
+    message: str = ""
+    job_id: str | None = None
+    fingerprint: str | None = None  # of the spec that made `job_id`
+    endpoint: Endpoint | None = None
+    successor_id: str | None = None  # a job started to take over from `job_id`
+    restarts: int = 0
+    failures: int = 0  # failed starts in a row
+    submitted_at: datetime | None = None
+    retry_at: datetime | None = None
+    last_end: str = ""  # how the previous job ended, shown while waiting to resubmit
+    ends_at: datetime | None = None  # walltime end of `job_id`
+    given_up_on: str | None = None  # fingerprint that failed for good; an edit retries
+
+    @classmethod
+    def new(cls, name: str, cluster: str = "", local_port: int | None = None) -> Record:
+        """A fresh record with its own token; the token stays for the life of the session."""
+        return cls(name=name, cluster=cluster, local_port=local_port, token=secrets.token_hex(24))
+
+    @property
+    def url(self) -> str | None:
+        """The notebook's URL while it is reachable."""
+        if self.phase not in ("ready", "handover"):
+            return None
+        path = APP_PATHS.get(self.app, "lab")
+        return f"http://127.0.0.1:{self.local_port}/{path}?token={self.token}"
+
+    def status(self, now: datetime | None = None) -> dict[str, Any]:
+        """The contract's status fields (and a few more) for `nbtether status --json`."""
+        left = None
+        if self.ends_at is not None and self.job_id is not None:
+            left = max(0, int((self.ends_at - (now or datetime.now(UTC))).total_seconds()))
+        return {
+            "name": self.name,
+            "phase": self.phase,
+            "job_id": self.job_id,
+            "node": self.endpoint.node if self.endpoint else None,
+            "local_port": self.local_port,
+            "url": self.url,
+            "message": self.message,
+            "restarts": self.restarts,
+            "cluster": self.cluster,
+            "time_left": left,
+        }
+
+
+class StateStore:
+    """Records on disk: one JSON file per session, replaced atomically, never world-readable."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sessions = root / "sessions"
+
+    def prepare(self) -> None:
+        """Create the directories with mode 0700 (tightening them if they exist)."""
+        for directory in (self.root, self.sessions):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)
+
+    def instance_id(self) -> str:
+        """This daemon installation's id: part of every job name, so others' jobs are left alone."""
+        path = self.root / "instance"
+        with contextlib.suppress(FileNotFoundError):
+            return path.read_text().strip()
+        self.prepare()
+        value = secrets.token_hex(4)
+        _write_private(path, value)
+        return value
+
+    def load_all(self) -> dict[str, Record]:
+        """Every record that can be read; unreadable ones are skipped (and kept on disk)."""
+        records: dict[str, Record] = {}
+        if not self.sessions.is_dir():
+            return records
+        for path in sorted(self.sessions.glob("*.json")):
+            with contextlib.suppress(OSError, ValidationError):
+                record = Record.model_validate_json(path.read_bytes())
+                records[record.name] = record
+        return records
+
+    def save(self, record: Record) -> None:
+        """Write a record atomically with mode 0600."""
+        _write_private(self.sessions / f"{record.name}.json", record.model_dump_json(indent=2))
+
+    def delete(self, name: str) -> None:
+        """Forget a session."""
+        (self.sessions / f"{name}.json").unlink(missing_ok=True)
+
+    def write_status(self, payload: dict[str, Any]) -> None:
+        """Daemon-wide facts for `status` (pid, heartbeat)."""
+        _write_private(self.root / "daemon.json", json.dumps(payload))
+
+    def read_status(self) -> dict[str, Any]:
+        """The daemon-wide facts, or {} when the daemon never ran."""
+        try:
+            data = json.loads((self.root / "daemon.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,195 @@
+"""plan() as a table: (spec, record, seen) → actions and the phase that status shows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from nbtether.plan import Cancel, Forget, Listen, Route, Seen, Submit, Unlisten, plan
+from nbtether.slurm import JobInfo
+from nbtether.spec import InvalidSpec, SessionSpec
+from nbtether.state import Endpoint, Record
+
+NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+EP = Endpoint(node="c1", address="127.0.0.2", port=40000)
+EP2 = Endpoint(node="c2", address="127.0.0.3", port=40001)
+
+
+def make_spec(**overrides: Any) -> SessionSpec:
+    data: dict[str, Any] = {"cluster": "hpc", "local_port": 8888,
+                            "resources": {"time": "02:00:00"}}
+    data.update(overrides)
+    return SessionSpec.model_validate(data)
+
+
+SPEC = make_spec()
+
+
+def make_record(**fields: Any) -> Record:
+    record = Record(name="nb", cluster="hpc", token="t" * 48, local_port=8888)
+    if "job_id" in fields and "fingerprint" not in fields:
+        fields["fingerprint"] = SPEC.job_fingerprint()
+    return record.model_copy(update=fields)
+
+
+def job(state: str, job_id: str = "100", **fields: Any) -> JobInfo:
+    return JobInfo(job_id=job_id, name="nbtether-abcd-nb", state=state, **fields)
+
+
+def seen(**fields: Any) -> Seen:
+    fields.setdefault("listening", 8888)
+    return Seen(**fields)
+
+
+CASES = [
+    # (id, spec, record, seen, expected actions, expected phase)
+    ("new file submits and listens", SPEC, make_record(), seen(listening=None),
+     [Listen(8888), Route(None), Submit()], "pending"),
+    ("queued job shows its reason", SPEC, make_record(job_id="100"),
+     seen(job=job("PENDING", reason="Resources")), [], "pending"),
+    ("running without announcement is starting", SPEC, make_record(job_id="100"),
+     seen(job=job("RUNNING", node="c1")), [], "starting"),
+    ("announced but not answering is starting", SPEC, make_record(job_id="100"),
+     seen(job=job("RUNNING"), endpoint=EP), [], "starting"),
+    ("answering is ready and routed", SPEC, make_record(job_id="100"),
+     seen(job=job("RUNNING"), endpoint=EP, answering=True), [Route(EP)], "ready"),
+    ("ready and routed needs nothing", SPEC, make_record(job_id="100", phase="ready"),
+     seen(job=job("RUNNING"), endpoint=EP, answering=True, routed=EP), [], "ready"),
+    ("unknown state keeps everything", SPEC, make_record(job_id="100", phase="ready"),
+     seen(job=job("SOMETHING_NEW"), routed=EP), [], "ready"),
+    ("controller down keeps everything", SPEC, make_record(job_id="100", phase="ready"),
+     seen(problem="Unable to contact slurm controller", routed=EP), [], "ready"),
+    ("timeout resubmits", SPEC, make_record(job_id="100", phase="ready"),
+     seen(job=job("TIMEOUT"), routed=EP), [Route(None), Submit()], "pending"),
+    ("node failure resubmits", SPEC, make_record(job_id="100", phase="ready"),
+     seen(job=job("NODE_FAIL")), [Route(None), Submit()], "pending"),
+    ("requeued job is waited for, not duplicated", SPEC,
+     make_record(job_id="100", phase="ready", endpoint=EP),
+     seen(job=job("PENDING", reason="BeginTime"), routed=EP), [Route(None)], "pending"),
+    ("cancelled by someone else is not fought", SPEC, make_record(job_id="100"),
+     seen(job=job("CANCELLED by 1001")), [Route(None)], "failed"),
+    ("timeout under policy never gives up", make_spec(restart={"policy": "never"}),
+     make_record(job_id="100", fingerprint=make_spec(restart={"policy": "never"})
+                 .job_fingerprint()),
+     seen(job=job("TIMEOUT")), [Route(None)], "failed"),
+    ("failure under on-timeout gives up", make_spec(restart={"policy": "on-timeout"}),
+     make_record(job_id="100", fingerprint=make_spec(restart={"policy": "on-timeout"})
+                 .job_fingerprint()),
+     seen(job=job("FAILED")), [Route(None)], "failed"),
+    ("edited resources replace the job", make_spec(resources={"time": "01:00:00"}),
+     make_record(job_id="100", phase="ready"), seen(job=job("RUNNING"), endpoint=EP),
+     [Route(None), Cancel(("100",)), Submit()], "pending"),
+    ("edited port moves the listener, keeps the job", make_spec(local_port=9999),
+     make_record(job_id="100", phase="ready"),
+     seen(job=job("RUNNING"), endpoint=EP, answering=True, routed=EP), [Listen(9999)], "ready"),
+    ("invalid file leaves a running job alone", InvalidSpec("resources.mem: bad"),
+     make_record(job_id="100", phase="ready"), seen(job=job("RUNNING"), routed=EP),
+     [], "invalid"),
+    ("a stray job is adopted instead of a new one", SPEC, make_record(),
+     seen(strays=(job("RUNNING", "101"),)), [], "starting"),
+    ("only the newest stray is adopted", SPEC, make_record(),
+     seen(strays=(job("RUNNING", "101"), job("PENDING", "102"))), [Cancel(("101",))],
+     "pending"),
+    ("rejected spec stays failed until edited", SPEC,
+     make_record(phase="failed", given_up_on=SPEC.job_fingerprint()), seen(), [], "failed"),
+    ("port in use is failed, nothing submitted", SPEC, make_record(),
+     seen(listening=None, port_error="local_port: 127.0.0.1:8888 is not free"),
+     [Listen(8888)], "failed"),
+]
+
+
+@pytest.mark.parametrize(("spec", "record", "observed", "actions", "phase"),
+                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_plan_table(spec: Any, record: Record, observed: Seen, actions: list[Any],
+                    phase: str) -> None:
+    """Each row: the actions and the phase follow from the spec, record and observation."""
+    outcome = plan(spec, record, observed, NOW)
+    assert outcome.actions == actions
+    assert outcome.record is not None
+    assert outcome.record.phase == phase
+
+
+def test_deleted_file_cancels_then_forgets() -> None:
+    """Deleting the file cancels the job, and only a confirmed end forgets the session."""
+    record = make_record(job_id="100", phase="ready")
+    first = plan(None, record, seen(job=job("RUNNING")), NOW)
+    assert first.actions == [Unlisten(), Cancel(("100",))]
+    assert first.record is not None and first.record.phase == "stopping"
+    second = plan(None, first.record, seen(listening=None, job=job("CANCELLED")), NOW)
+    assert second.actions == [Forget()]
+    assert second.record is None
+
+
+def test_deleted_file_waits_for_an_unreachable_cluster() -> None:
+    """A deletion during an outage is remembered and retried, never forgotten unconfirmed."""
+    outcome = plan(None, make_record(job_id="100"), seen(problem="connection lost"), NOW)
+    assert outcome.record is not None and outcome.record.phase == "stopping"
+    assert Forget() not in outcome.actions and outcome.requeue_after
+
+
+def test_resubmission_counts_restarts() -> None:
+    """A resubmission after walltime counts in `restarts`."""
+    outcome = plan(SPEC, make_record(job_id="100", restarts=2), seen(job=job("TIMEOUT")), NOW)
+    assert outcome.record is not None and outcome.record.restarts == 3
+
+
+def test_repeated_failures_back_off_then_give_up() -> None:
+    """FAILED jobs are retried later and later, then the session fails with the reason."""
+    record = make_record(job_id="100")
+    first = plan(SPEC, record, seen(job=job("FAILED")), NOW)
+    assert first.record is not None
+    assert Submit() not in first.actions
+    assert first.record.retry_at == NOW + timedelta(seconds=15)
+    third = plan(SPEC, make_record(job_id="100", failures=2), seen(job=job("OUT_OF_MEMORY")), NOW)
+    assert third.record is not None and third.record.phase == "failed"
+    assert "OUT_OF_MEMORY" in third.record.message
+
+
+def test_backoff_expiry_submits() -> None:
+    """Once the backoff time has passed, the session is submitted again."""
+    record = make_record(retry_at=NOW - timedelta(seconds=1))
+    assert Submit() in plan(SPEC, record, seen(), NOW).actions
+
+
+def test_handover_submits_successor_before_walltime() -> None:
+    """Within `handover` of the walltime end, a successor job is submitted."""
+    spec = make_spec(restart={"handover": "10m"})
+    record = make_record(job_id="100", phase="ready", fingerprint=spec.job_fingerprint())
+    running = job("RUNNING", ends_at=NOW + timedelta(minutes=5))
+    outcome = plan(spec, record, seen(job=running, endpoint=EP, answering=True, routed=EP), NOW)
+    assert Submit(successor=True) in outcome.actions
+    assert outcome.record is not None and outcome.record.phase == "handover"
+
+
+def test_handover_switches_when_successor_answers() -> None:
+    """A ready successor takes the route first; only then is the predecessor cancelled."""
+    spec = make_spec(restart={"handover": "10m"})
+    record = make_record(job_id="100", successor_id="101", phase="handover",
+                         fingerprint=spec.job_fingerprint())
+    observed = seen(job=job("RUNNING", ends_at=NOW + timedelta(minutes=3)), endpoint=EP,
+                    answering=True, routed=EP, successor=job("RUNNING", "101"),
+                    successor_endpoint=EP2, successor_answering=True)
+    outcome = plan(spec, record, observed, NOW)
+    assert outcome.actions == [Route(EP2), Cancel(("100",))]
+    assert outcome.record is not None
+    assert (outcome.record.job_id, outcome.record.successor_id) == ("101", None)
+    assert outcome.record.restarts == 1
+
+
+def test_successor_becomes_the_job_when_the_old_one_ends_first() -> None:
+    """If the old job ends before the successor answers, the successor is simply the job."""
+    record = make_record(job_id="100", successor_id="101", phase="handover")
+    outcome = plan(SPEC, record, seen(job=job("TIMEOUT"), successor=job("PENDING", "101")), NOW)
+    assert outcome.record is not None and outcome.record.job_id == "101"
+    assert Submit() not in outcome.actions
+
+
+def test_no_handover_under_policy_never() -> None:
+    """Policy `never` does not start successors."""
+    spec = make_spec(restart={"policy": "never"})
+    record = make_record(job_id="100", phase="ready", fingerprint=spec.job_fingerprint())
+    running = job("RUNNING", ends_at=NOW + timedelta(minutes=1))
+    outcome = plan(spec, record, seen(job=running, endpoint=EP, answering=True, routed=EP), NOW)
+    assert not any(isinstance(action, Submit) for action in outcome.actions)
