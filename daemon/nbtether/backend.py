@@ -1,0 +1,58 @@
+"""The boundary between the reconciler and the places notebooks run (SLURM over SSH, local)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Protocol
+
+from nbtether.slurm import JobInfo
+from nbtether.spec import SessionSpec
+from nbtether.state import Endpoint
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def unknown(job_id: str, why: str) -> JobInfo:
+    """A job whose state cannot be known right now: keep watching, never treat as ended."""
+    return JobInfo(job_id=job_id, name="", state="UNKNOWN", reason=why)
+
+
+class Backend(Protocol):
+    """Where one cluster's jobs run. Reads come from a cache; writes are remote calls."""
+
+    name: str
+
+    def start(self) -> None:
+        """Connect and begin watching, in the background."""
+
+    async def stop(self) -> None:
+        """Disconnect; jobs keep running."""
+
+    def problem(self) -> str | None:
+        """Why the cluster cannot be observed right now, or None."""
+
+    async def job(self, job_id: str, submitted_at: datetime | None) -> JobInfo | None:
+        """A job's state: `UNKNOWN` when it cannot be told, None when SLURM forgot it."""
+
+    def look_soon(self, delay: float = 0.0) -> None:
+        """Something looks wrong (e.g. the notebook stopped answering): refresh soon."""
+
+    def endpoint(self, job_id: str) -> Endpoint | None:
+        """Where the job's notebook accepts connections, once the job announced it."""
+
+    def active_jobs(self, session: str) -> list[JobInfo]:
+        """This daemon's jobs for a session that have not ended (for adoption after a crash)."""
+
+    async def submit(self, session: str, spec: SessionSpec, token: str) -> str:
+        """Start a job for the session; returns its id."""
+
+    async def cancel(self, job_ids: list[str]) -> None:
+        """Cancel jobs; cancelling a finished job is not an error."""
+
+    async def open_connection(self, host: str, port: int) -> Streams:
+        """A byte stream to host:port as seen from the cluster."""
+
+    def output(self, session: str, job_id: str, follow: bool) -> AsyncIterator[str]:
+        """The job's output (Jupyter's log), line by line."""

@@ -1,0 +1,305 @@
+"""The SLURM backend: jobs on an HPC cluster, driven over one SSH connection.
+
+slurmctld is asked as little as possible: one `squeue --me` for all sessions per poll
+interval (30 s or more), `sacct` only for jobs that left squeue, and nothing in between.
+Jobs announce their notebook by writing a file that a watcher on the login node reports
+at once, so readiness costs no SLURM call at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncssh
+import structlog
+
+from nbtether import slurm
+from nbtether.backend import Streams, unknown
+from nbtether.config import ClusterConfig
+from nbtether.errors import ClusterUnreachable, SubmissionRejected
+from nbtether.remote import SshLink, bash
+from nbtether.slurm import JobInfo, JobState
+from nbtether.spec import SessionSpec
+from nbtether.state import Endpoint
+
+log = structlog.get_logger(__name__)
+
+SBATCH_TIMEOUT = 180.0  # sbatch retries busy controllers by itself for about two minutes
+EVENT_REFRESH_GAP = 10.0  # at most one event-driven squeue per this many seconds
+SUBMIT_LOOK_DELAY = 3.0  # look at a new job once soon after submitting, for its reason/node
+CANCEL_CONFIRM_TIMEOUT = 60.0
+
+# Reports each new `<jobid>.ready` / `<jobid>.end` in the run directory as one line, polling
+# the (shared) filesystem, never slurmctld. `read -t` waits on the channel's stdin, so the
+# loop forks nothing and ends by itself when the daemon's connection goes away.
+_WATCH = """\
+mkdir -p {run} && cd {run} || exit 1
+seen=' '
+while :; do
+    for f in *.ready *.end; do
+        [ -f "$f" ] || continue
+        case "$seen" in *" $f "*) continue ;; esac
+        seen="$seen$f "
+        IFS= read -r line < "$f" || true
+        printf '%s %s\\n' "$f" "$line"
+    done
+    read -r -t {interval} _
+    [ $? -gt 128 ] || exit 0
+done
+"""
+
+
+class SlurmBackend:
+    """One SLURM cluster reached over SSH."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ClusterConfig,
+        instance: str,
+        on_change: Callable[[set[str] | None], None],
+        watch_interval: float = 0.1,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.instance = instance
+        self._notify = on_change
+        self._watch_interval = watch_interval
+        self.link = SshLink(name, config, self._on_connected, lambda: on_change(None))
+        self._jobs: dict[str, JobInfo] = {}
+        self._finished: dict[str, JobInfo] = {}
+        self._polled_at: datetime | None = None
+        self._slurm_error: str | None = None
+        self._endpoints: dict[str, Endpoint] = {}
+        self._poll_lock = asyncio.Lock()
+        self._last_look = -EVENT_REFRESH_GAP
+        self._look_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.rpc_count = 0
+
+    def start(self) -> None:
+        """Connect in the background."""
+        self.link.start()
+
+    async def stop(self) -> None:
+        """Disconnect; jobs keep running."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.link.stop()
+
+    def problem(self) -> str | None:
+        """Why jobs cannot be observed right now."""
+        if self.link.error is not None:
+            return str(self.link.error)
+        if self._polled_at is None:
+            return "waiting for the first squeue"
+        return self._slurm_error
+
+    async def _on_connected(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._soon(self._watch())
+        await self.poll()
+
+    async def _watch(self) -> None:
+        script = _WATCH.format(run=shlex.quote(slurm.run_dir(self.instance)),
+                               interval=self._watch_interval)
+        try:
+            await self.link.stream_lines(bash(script), self._on_announcement)
+        except (OSError, asyncssh.Error, ClusterUnreachable) as exc:
+            log.info("job watcher stopped", cluster=self.name, error=str(exc))
+
+    def _on_announcement(self, line: str) -> None:
+        file, _, content = line.partition(" ")
+        job_id, _, kind = file.partition(".")
+        if not job_id.isdigit():
+            return
+        if kind == "ready":
+            fields = content.split()
+            if len(fields) == 3 and fields[2].isdigit():
+                self._endpoints[job_id] = Endpoint(
+                    node=fields[0], address=fields[1], port=int(fields[2])
+                )
+                self._notify(self._sessions_of([job_id]) or None)
+        elif kind == "end":
+            self._endpoints.pop(job_id, None)
+            self.look_soon()
+
+    def look_soon(self, delay: float = 0.0) -> None:
+        """Run one squeue soon after an event; events close together share one call, and
+        event-driven calls are at least EVENT_REFRESH_GAP seconds apart."""
+        if self._look_scheduled:
+            return
+        due = max(time.monotonic() + delay, self._last_look + EVENT_REFRESH_GAP)
+        self._look_scheduled = True
+        self._soon(self._look_at(due))
+
+    async def _look_at(self, due: float) -> None:
+        try:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            self._look_scheduled = False
+        self._last_look = time.monotonic()
+        await self.poll()
+
+    def _soon(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _sessions_of(self, job_ids: list[str]) -> set[str]:
+        sessions = set()
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            session = slurm.session_of(job.name, self.instance) if job else None
+            if session:
+                sessions.add(session)
+        return sessions
+
+    async def poll(self) -> None:
+        """Refresh the cache of this daemon's jobs with one squeue call, then wake sessions."""
+        async with self._poll_lock:
+            started = datetime.now(UTC)
+            try:
+                result = await self.link.run(slurm.SQUEUE_COMMAND)
+            except ClusterUnreachable as exc:
+                log.info("squeue skipped", cluster=self.name, error=str(exc))
+                return
+            self.rpc_count += 1
+            if result.exit_status != 0:
+                self._slurm_error = f"squeue failed: {_text(result.stderr).strip()}"
+                log.warning("squeue failed", cluster=self.name, error=self._slurm_error)
+            else:
+                self._slurm_error = None
+                self._jobs = {
+                    job.job_id: job
+                    for job in slurm.parse_squeue(_text(result.stdout), started)
+                    if slurm.session_of(job.name, self.instance) is not None
+                }
+                self._polled_at = started
+        self._notify(None)
+
+    async def job(self, job_id: str, submitted_at: datetime | None) -> JobInfo | None:
+        """The job as last seen; sacct for jobs that squeue no longer lists."""
+        problem = self.problem()
+        if problem is not None:
+            return unknown(job_id, problem)
+        cached = self._jobs.get(job_id)
+        endpoint = self._endpoints.get(job_id)
+        if endpoint and (cached is None or cached.kind is JobState.WAITING):
+            # The job announced its notebook after the last squeue: it runs.
+            return JobInfo(job_id=job_id, name="", state="RUNNING", node=endpoint.node)
+        if cached is not None:
+            return cached
+        if self._polled_at and submitted_at and submitted_at >= self._polled_at:
+            return JobInfo(job_id=job_id, name="", state="PENDING", reason="submitted")
+        if job_id in self._finished:
+            return self._finished[job_id]
+        return await self._sacct(job_id)
+
+    async def _sacct(self, job_id: str) -> JobInfo | None:
+        try:
+            result = await self.link.run(slurm.sacct_command([job_id]))
+        except ClusterUnreachable as exc:
+            return unknown(job_id, str(exc))
+        self.rpc_count += 1
+        if result.exit_status != 0:
+            return unknown(job_id, f"sacct failed: {_text(result.stderr).strip()}")
+        for job in slurm.parse_sacct(_text(result.stdout)):
+            if job.job_id == job_id:
+                if job.kind is JobState.ENDED:
+                    self._finished[job_id] = job
+                return job
+        return None
+
+    def endpoint(self, job_id: str) -> Endpoint | None:
+        """Where the job's notebook listens, once announced."""
+        return self._endpoints.get(job_id)
+
+    def active_jobs(self, session: str) -> list[JobInfo]:
+        """Jobs of this daemon for `session` that are queued or running."""
+        return [
+            job for job in self._jobs.values()
+            if slurm.session_of(job.name, self.instance) == session
+            and job.kind not in (JobState.ENDED, JobState.UNKNOWN)
+        ]
+
+    async def submit(self, session: str, spec: SessionSpec, token: str) -> str:
+        """Store the token (0600, through stdin) and submit the batch script (through stdin)."""
+        prepared = await self.link.run(slurm.prepare_command(self.instance, session), stdin=token)
+        if prepared.exit_status != 0:
+            raise ClusterUnreachable(f"cannot prepare {slurm.remote_dir(self.instance)}: "
+                                     f"{_text(prepared.stderr).strip()}")
+        script = slurm.render_script(spec, instance=self.instance, session=session)
+        result = await self.link.run(slurm.SBATCH_COMMAND, stdin=script, timeout=SBATCH_TIMEOUT)
+        self.rpc_count += 1
+        if result.exit_status != 0:
+            message = slurm.sbatch_error(_text(result.stderr))
+            if slurm.CONTROLLER_DOWN.search(message):
+                raise ClusterUnreachable(message)
+            raise SubmissionRejected(message)
+        job_id = slurm.parse_sbatch(_text(result.stdout))
+        log.info("job submitted", cluster=self.name, session=session, job_id=job_id)
+        self.look_soon(SUBMIT_LOOK_DELAY)
+        return job_id
+
+    async def cancel(self, job_ids: list[str]) -> None:
+        """scancel, and drop the jobs' announcements."""
+        if not job_ids:
+            return
+        run = slurm.run_dir(self.instance)
+        stale = " ".join(shlex.quote(f"{run}/{job}.{kind}")
+                         for job in job_ids for kind in ("ready", "end"))
+        result = await self.link.run(f"{slurm.scancel_command(job_ids)}; rm -f {stale}")
+        self.rpc_count += 1
+        if result.exit_status != 0 and slurm.CONTROLLER_DOWN.search(_text(result.stderr)):
+            raise ClusterUnreachable(_text(result.stderr).strip())
+        for job_id in job_ids:
+            self._endpoints.pop(job_id, None)
+        await self._confirm_gone(job_ids)
+        log.info("jobs cancelled", cluster=self.name, job_ids=job_ids)
+
+    async def _confirm_gone(self, job_ids: list[str]) -> None:
+        """Poll squeue until the jobs have ended (KillWait bounds this to seconds)."""
+        deadline = time.monotonic() + CANCEL_CONFIRM_TIMEOUT
+        delay = 0.5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            await self.poll()
+            if not any(self._jobs.get(j) and self._jobs[j].kind is not JobState.ENDED
+                       for j in job_ids):
+                return
+            delay = min(delay * 2, 5.0)
+
+    async def open_connection(self, host: str, port: int) -> Streams:
+        """A channel from the login node to the compute node's notebook."""
+        return await self.link.open_connection(host, port)
+
+    async def output(self, session: str, job_id: str, follow: bool) -> AsyncIterator[str]:
+        """The job's output file, optionally followed."""
+        path = shlex.quote(slurm.output_path(self.instance, session, job_id))
+        command = f"tail -n +1 {'-F' if follow else ''} {path}"
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                await self.link.stream_lines(command, queue.put_nowait)
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(pump())
+        try:
+            while (line := await queue.get()) is not None:
+                yield line
+        finally:
+            task.cancel()
+
+
+def _text(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value or ""

@@ -1,0 +1,136 @@
+"""The fixed local port: a listener on 127.0.0.1 that forwards each connection to the job.
+
+The daemon owns the listener, and each accepted connection opens its own channel to the
+*current* target. Moving to a successor job is a pointer swap: the port is never unbound,
+connections already open finish on the old job, new ones go to the new job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from nbtether.state import Endpoint
+
+log = structlog.get_logger(__name__)
+
+Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+CHUNK = 256 * 1024
+HOLD_SECONDS = 30.0  # a connection that arrives between jobs waits this long for one
+
+
+class Tunnel:
+    """127.0.0.1:port → whatever endpoint the session currently points at."""
+
+    def __init__(self, port: int, opener: Opener, on_failure: Callable[[], None]) -> None:
+        self.port = port
+        self.target: Endpoint | None = None
+        self.open_connections = 0
+        self._opener = opener
+        self._on_failure = on_failure
+        self._server: asyncio.Server | None = None
+        self._routed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def listen(self) -> None:
+        """Bind 127.0.0.1:port (never all interfaces); OSError if the port is taken."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    def point(self, target: Endpoint | None) -> None:
+        """Send new connections to `target` (None: hold them until there is one)."""
+        self.target = target
+        if target is None:
+            self._routed.clear()
+        else:
+            self._routed.set()
+
+    async def close(self) -> None:
+        """Unbind and drop every open connection."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.open_connections += 1
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass  # closing the tunnel; start_server would log a cancelled handler as an error
+        finally:
+            self.open_connections -= 1
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._routed.wait(), HOLD_SECONDS)
+        target = self.target
+        if target is None:
+            return
+        try:
+            remote_reader, remote_writer = await self._opener(target.address, target.port)
+        except Exception as exc:  # any failure to reach the job means: look at the job again
+            log.info("tunnel cannot reach the notebook", port=self.port, error=str(exc))
+            self._on_failure()
+            return
+        try:
+            await splice(reader, writer, remote_reader, remote_writer)
+        finally:
+            remote_writer.close()
+
+
+async def splice(
+    reader_a: asyncio.StreamReader,
+    writer_a: asyncio.StreamWriter,
+    reader_b: asyncio.StreamReader,
+    writer_b: asyncio.StreamWriter,
+) -> None:
+    """Copy bytes both ways until either side ends, then end both."""
+    tasks = [
+        asyncio.create_task(_copy(reader_a, writer_b)),
+        asyncio.create_task(_copy(reader_b, writer_a)),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError, ConnectionError):
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            await writer.drain()
+
+
+async def probe(opener: Opener, target: Endpoint, token: str, timeout: float = 10.0) -> bool:
+    """True when the notebook at `target` answers `GET /api/status` with the token."""
+    try:
+        reader, writer = await asyncio.wait_for(opener(target.address, target.port), timeout)
+    except Exception:  # unreachable, for whatever reason, is simply "not yet"
+        return False
+    try:
+        request = (
+            "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: token {token}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(request.encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout)
+    except (OSError, TimeoutError, ConnectionError):
+        return False
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return len(parts) >= 2 and parts[1] == b"200"
