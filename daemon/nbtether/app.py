@@ -1,0 +1,119 @@
+"""The daemon: wires the watcher, the timers, the work queue, the backends and the reconciler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections import Counter
+from datetime import UTC, datetime
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from nbtether.backend import Backend
+from nbtether.config import Settings
+from nbtether.hpc import SlurmBackend
+from nbtether.local import LocalBackend
+from nbtether.reconciler import Reconciler
+from nbtether.sdnotify import Notifier
+from nbtether.state import StateStore
+from nbtether.watcher import watch_sessions
+from nbtether.workqueue import WorkQueue
+
+log = structlog.get_logger(__name__)
+
+RESYNC_SECONDS = 60.0  # look at every session even without events, in case one was missed
+
+
+class Daemon:
+    """`nbtether run`: reconcile until SIGTERM or SIGINT; jobs outlive the daemon."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = StateStore(settings.state_dir)
+        self.stopping = asyncio.Event()
+        self.notifier = Notifier()
+        self.queue = WorkQueue(self._reconcile)
+        self.backends: dict[str, Backend] = {}
+        self.reconciler: Reconciler | None = None
+
+    def _wake_cluster(self, cluster: str, sessions: set[str] | None) -> None:
+        assert self.reconciler is not None
+        for name, record in self.reconciler.records.items():
+            if record.cluster == cluster and (sessions is None or name in sessions):
+                self.queue.add(name)
+
+    def _make_backends(self, instance: str) -> dict[str, Backend]:
+        backends: dict[str, Backend] = {}
+        for name, config in self.settings.clusters.items():
+
+            def wake(sessions: set[str] | None, cluster: str = name) -> None:
+                self._wake_cluster(cluster, sessions)
+
+            if config.kind == "local":
+                backends[name] = LocalBackend(name, self.store.root / "local", wake)
+            else:
+                backends[name] = SlurmBackend(name, config, instance, wake)
+        return backends
+
+    async def _reconcile(self, name: str) -> float | None:
+        assert self.reconciler is not None
+        with structlog.contextvars.bound_contextvars(session=name):
+            return await self.reconciler.reconcile(name)
+
+    def _resync(self) -> None:
+        assert self.reconciler is not None
+        for name in self.reconciler.names():
+            self.queue.add(name)
+
+    def _heartbeat(self) -> None:
+        assert self.reconciler is not None
+        phases = Counter(record.phase for record in self.reconciler.records.values())
+        summary = ", ".join(f"{count} {phase}" for phase, count in sorted(phases.items()))
+        self.notifier.send(f"STATUS={summary or 'no sessions'}")
+        self.store.write_status({"pid": os.getpid(), "heartbeat": datetime.now(UTC).isoformat()})
+
+    async def run(self) -> None:
+        """Run until asked to stop."""
+        self.store.prepare()
+        instance = self.store.instance_id()
+        self.backends = self._make_backends(instance)
+        self.reconciler = Reconciler(self.settings, self.store, self.backends, self.queue.add)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        log.info("nbtether starting", instance=instance, sessions=str(self.settings.sessions_dir))
+
+        scheduler = AsyncIOScheduler()
+        for backend in self.backends.values():
+            backend.start()
+            if isinstance(backend, SlurmBackend):
+                scheduler.add_job(backend.poll, "interval", seconds=backend.config.poll_interval)
+        scheduler.add_job(self._resync, "interval", seconds=RESYNC_SECONDS)
+        scheduler.add_job(self._heartbeat, "interval", seconds=5)
+        if interval := self.notifier.watchdog_interval:
+            scheduler.add_job(self.notifier.send, "interval", seconds=interval,
+                              args=["WATCHDOG=1"])
+        scheduler.start()
+        self.queue.start()
+        watcher = asyncio.create_task(
+            watch_sessions(self.settings.sessions_dir, self.queue.add, self.stopping)
+        )
+        self._resync()
+        await self.queue.wait_idle()
+        self._heartbeat()
+        self.notifier.send("READY=1")
+        log.info("nbtether ready")
+        await self.stopping.wait()
+
+        self.notifier.send("STOPPING=1")
+        log.info("nbtether stopping; jobs keep running")
+        scheduler.shutdown(wait=False)
+        await self.queue.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await self.reconciler.close()
+        for backend in self.backends.values():
+            await backend.stop()

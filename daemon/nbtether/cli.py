@@ -1,0 +1,214 @@
+"""The `nbtether` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import webbrowser
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nbtether import __version__, service
+from nbtether.config import Settings, load_settings
+from nbtether.errors import ConfigError
+from nbtether.spec import InvalidSpec, SessionSpec, check_files, session_files
+from nbtether.state import Record, StateStore
+
+EXIT_INVALID = 1  # a session file is invalid, or a session is not found / not ready
+EXIT_CONFIG = 3  # the daemon config is unusable
+HEARTBEAT_STALE = 30.0
+
+app = typer.Typer(
+    help="Keep Jupyter notebooks running as SLURM jobs, reachable at one local URL.",
+    no_args_is_help=True,
+    add_completion=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class _Options:
+    config: Path | None = None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"nbtether {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", envvar="NBTETHER_CONFIG", help="The daemon config file."),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """nbtether: declare notebooks in files; the daemon keeps them running."""
+    _Options.config = config
+
+
+def settings() -> Settings:
+    """The config, or exit 3 with the reason."""
+    try:
+        return load_settings(_Options.config)
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from exc
+
+
+@app.command()
+def run(
+    json_logs: Annotated[
+        bool | None, typer.Option("--json-logs/--console-logs", help="Log format (default: auto).")
+    ] = None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM or SIGINT (jobs keep running)."""
+    from nbtether.app import Daemon
+    from nbtether.logconfig import configure
+
+    configure(json=json_logs)
+    asyncio.run(Daemon(settings()).run())
+
+
+def _records(config: Settings) -> dict[str, Record]:
+    return StateStore(config.state_dir).load_all()
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for programs.")] = False,
+) -> None:
+    """One row per session, from the daemon's state directory."""
+    config = settings()
+    store = StateStore(config.state_dir)
+    records = store.load_all()
+    now = datetime.now(UTC)
+    rows = [records[name].status(now) for name in sorted(records)]
+    if as_json:
+        sys.stdout.write(json.dumps({"sessions": rows, "daemon": _daemon_state(store)}) + "\n")
+        return
+    table = Table("NAME", "PHASE", "JOB", "NODE", "TIME LEFT", "URL / MESSAGE", box=None)
+    for row in rows:
+        left = row["time_left"]
+        table.add_row(
+            row["name"], _colored(row["phase"]), row["job_id"] or "-", row["node"] or "-",
+            f"{left // 3600}:{left % 3600 // 60:02d}" if left is not None else "-",
+            row["url"] or row["message"],
+        )
+    out.print(table if rows else f"no sessions (watching {config.sessions_dir})")
+    daemon = _daemon_state(store)
+    if not daemon["running"]:
+        err.print("[yellow]the daemon is not running[/yellow] (start it: nbtether run)")
+
+
+def _daemon_state(store: StateStore) -> dict[str, object]:
+    facts = store.read_status()
+    beat = facts.get("heartbeat")
+    age = (datetime.now(UTC) - datetime.fromisoformat(beat)).total_seconds() if beat else None
+    return {"running": age is not None and age < HEARTBEAT_STALE, "pid": facts.get("pid"),
+            "heartbeat": beat}
+
+
+def _colored(phase: str) -> str:
+    color = {"ready": "green", "failed": "red", "invalid": "red", "handover": "cyan"}.get(
+        phase, "yellow"
+    )
+    return f"[{color}]{phase}[/{color}]"
+
+
+@app.command()
+def validate(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Session files (default: all).")
+    ] = None,
+) -> None:
+    """Check session files without touching any cluster; exit 1 if any is invalid."""
+    config = settings()
+    specs = check_files(files or session_files(config.sessions_dir), config.clusters)
+    bad = 0
+    for file, spec in specs.items():
+        if isinstance(spec, InvalidSpec):
+            bad += 1
+            out.print(f"[red]{file}[/red]: {spec.reason}", soft_wrap=True)
+        else:
+            out.print(f"[green]{file}[/green]: ok")
+    if not specs:
+        out.print(f"no session files in {config.sessions_dir}")
+    if bad:
+        raise typer.Exit(EXIT_INVALID)
+
+
+def _record(config: Settings, name: str) -> Record:
+    record = _records(config).get(name)
+    if record is None:
+        err.print(f"no session named {name!r} (see nbtether status)")
+        raise typer.Exit(EXIT_INVALID)
+    return record
+
+
+@app.command("open")
+def open_(name: Annotated[str, typer.Argument(help="Session name.")]) -> None:
+    """Open the session's notebook in the browser."""
+    record = _record(settings(), name)
+    if record.url is None:
+        err.print(f"{name} is not ready ({record.phase}: {record.message})")
+        raise typer.Exit(EXIT_INVALID)
+    webbrowser.open(record.url)
+
+
+@app.command()
+def logs(
+    name: Annotated[str, typer.Argument(help="Session name.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+) -> None:
+    """Print the current job's output (Jupyter's log) from the cluster."""
+    from nbtether.inspect import print_output
+
+    config = settings()
+    record = _record(config, name)
+    if record.job_id is None:
+        err.print(f"{name} has no job ({record.phase}: {record.message})")
+        raise typer.Exit(EXIT_INVALID)
+    raise typer.Exit(asyncio.run(print_output(config, record, follow)))
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of session files (for editors: yaml-language-server)."""
+    sys.stdout.write(json.dumps(SessionSpec.model_json_schema(), indent=2) + "\n")
+
+
+service_app = typer.Typer(help="Install or remove the per-user service (systemd or launchd).")
+app.add_typer(service_app, name="service")
+
+
+def _report(outcome: service.Outcome, verb: str) -> None:
+    out.print(f"{verb} {outcome.path}")
+    for line in outcome.done:
+        out.print(f"ran: {line}")
+    if outcome.todo:
+        out.print("the service manager is not available here; run yourself:")
+        for line in outcome.todo:
+            out.print(f"  {line}")
+
+
+@service_app.command("install")
+def service_install() -> None:
+    """Write the user unit (Linux) or LaunchAgent (macOS), enable and start it."""
+    _report(service.install(), "wrote")
+
+
+@service_app.command("uninstall")
+def service_uninstall() -> None:
+    """Stop and remove the service; running notebooks keep their jobs."""
+    _report(service.uninstall(), "removed")
