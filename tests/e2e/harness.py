@@ -1,0 +1,171 @@
+"""A real `nbtether run` process against the mini-cluster, driven as a user would drive it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.cluster import Cluster, wait_for
+
+SESSION = """\
+cluster: testbed
+local_port: {port}
+resources:
+  partition: cpu
+  cpus: 1
+  mem: 400M
+  time: "{time}"
+environment:
+  modules: [python/3.11.6-gcc-13.2.0]
+  venv: ~/jupyter_env
+restart:
+  handover: {handover}
+"""
+
+
+def session_yaml(port: int, time: str = "00:15:00", handover: str = "0s", extra: str = "") -> str:
+    """A session file for the testbed cluster, as the tutorial would have it."""
+    return SESSION.format(port=port, time=time, handover=handover) + extra
+
+
+def free_port() -> int:
+    """A local port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_status(url: str, token: str | None = None, timeout: float = 5.0) -> int:
+    """The HTTP status of a GET (0 when nothing answers)."""
+    request = urllib.request.Request(url)  # noqa: S310 (tests build http URLs only)
+    if token:
+        request.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses on which a TCP socket listens on `port`."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout
+    return {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
+
+
+class Daemon:
+    """One daemon with its own config, sessions directory and state directory."""
+
+    def __init__(self, root: Path, cluster: Cluster) -> None:
+        self.root = root
+        self.cluster = cluster
+        self.sessions = root / "sessions.d"
+        self.state = root / "state"
+        self.config = root / "config.yaml"
+        self.log = root / "daemon.log"
+        self.sessions.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"sessions_dir: {self.sessions}\nstate_dir: {self.state}\nclusters:\n"
+            f"  testbed:\n    host: {cluster.host}\n    port: {cluster.port}\n"
+            f"    user: {cluster.user}\n    identity_file: {cluster.identity_file}\n"
+            f"    known_hosts: {cluster.known_hosts}\n"
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.env = {**os.environ, "HOME": str(root), "NBTETHER_CONFIG": str(self.config)}
+        self.env.pop("SSH_AUTH_SOCK", None)
+
+    def start(self) -> None:
+        """Start `nbtether run` in the background, logging to daemon.log."""
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "nbtether", "run", "--json-logs"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+            )
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Signal the daemon and wait for it to exit; returns its exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        code = self.process.wait(timeout=30)
+        self.process = None
+        return code
+
+    def nbtether(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """Run an nbtether command with this daemon's config."""
+        return subprocess.run([sys.executable, "-m", "nbtether", *args], capture_output=True,
+                              text=True, env=self.env, check=check, timeout=60)
+
+    def drop(self, name: str, text: str) -> Path:
+        """Write a session file the way editors do: a temporary file renamed into place."""
+        path = self.sessions / f"{name}.yaml"
+        tmp = self.sessions / f".{name}.yaml.tmp"
+        tmp.write_text(text)
+        tmp.replace(path)
+        return path
+
+    def remove(self, name: str) -> None:
+        """Delete a session file."""
+        (self.sessions / f"{name}.yaml").unlink()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """`nbtether status --json`, by session name."""
+        result = self.nbtether("status", "--json", check=True)
+        return {row["name"]: row for row in json.loads(result.stdout)["sessions"]}
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 120) -> dict[str, Any]:
+        """Wait until `status` shows the session in `phase`; returns its row."""
+
+        def reached() -> dict[str, Any] | None:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
+            row = self.status().get(name)
+            return row if row and row["phase"] == phase else None
+
+        try:
+            return wait_for(reached, timeout, interval=0.3, message=f"{name} to be {phase}")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\nstatus: {self.status().get(name)}\n"
+                                 f"log tail:\n{self.log.read_text()[-3000:]}") from exc
+
+    def wait_gone(self, name: str, timeout: float = 60) -> None:
+        """Wait until `status` no longer lists the session."""
+        wait_for(lambda: name not in self.status(), timeout, interval=0.3,
+                 message=f"{name} to disappear from status")
+
+    @property
+    def instance(self) -> str:
+        """The daemon instance id (part of its job names)."""
+        return (self.state / "instance").read_text().strip()
+
+    def jobs(self, states: str = "all") -> list[tuple[str, str, str]]:
+        """(id, state, name) of this daemon's jobs in squeue."""
+        out = self.cluster.ssh(f"squeue --me -h -t {states} -o '%i|%T|%j'").stdout
+        prefix = f"nbtether-{self.instance}-"
+        rows = [tuple(line.split("|", 2)) for line in out.splitlines() if line.strip()]
+        return [(r[0], r[1], r[2]) for r in rows if r[2].startswith(prefix)]
+
+    def active_jobs(self) -> list[tuple[str, str, str]]:
+        """This daemon's queued or running jobs."""
+        return self.jobs("PENDING,RUNNING,CONFIGURING,COMPLETING")
+
+    def cleanup(self) -> None:
+        """Stop the daemon and cancel whatever jobs it left."""
+        if self.process is not None:
+            self.stop(signal.SIGKILL)
+        if (self.state / "instance").exists():
+            ids = [job_id for job_id, _, _ in self.active_jobs()]
+            if ids:
+                self.cluster.ssh("scancel " + " ".join(ids), check=False)
