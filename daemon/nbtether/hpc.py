@@ -76,6 +76,8 @@ class SlurmBackend:
         self._polled_at: datetime | None = None
         self._slurm_error: str | None = None
         self._endpoints: dict[str, Endpoint] = {}
+        self._announced_at: dict[str, datetime] = {}
+        self._runs: dict[str, int] = {}  # the latest run (SLURM_RESTART_COUNT) seen per job
         self._poll_lock = asyncio.Lock()
         self._last_look = -EVENT_REFRESH_GAP
         self._look_scheduled = False
@@ -114,17 +116,18 @@ class SlurmBackend:
             log.info("job watcher stopped", cluster=self.name, error=str(exc))
 
     def _on_announcement(self, line: str) -> None:
-        file, _, content = line.partition(" ")
-        job_id, _, kind = file.partition(".")
-        if not job_id.isdigit():
+        parsed = slurm.parse_announcement(line)
+        if parsed is None:
             return
-        if kind == "ready":
-            fields = content.split()
-            if len(fields) == 3 and fields[2].isdigit():
-                self._endpoints[job_id] = Endpoint(
-                    node=fields[0], address=fields[1], port=int(fields[2])
-                )
-                self._notify(self._sessions_of([job_id]) or None)
+        job_id, run, kind, fields = parsed
+        if run < self._runs.get(job_id, 0):
+            return  # from before a requeue
+        self._runs[job_id] = run
+        if kind == "ready" and len(fields) == 3 and fields[2].isdigit():
+            self._endpoints[job_id] = Endpoint(node=fields[0], address=fields[1],
+                                               port=int(fields[2]))
+            self._announced_at[job_id] = datetime.now(UTC)
+            self._notify(self._sessions_of([job_id]) or None)
         elif kind == "end":
             self._endpoints.pop(job_id, None)
             self.look_soon()
@@ -181,7 +184,16 @@ class SlurmBackend:
                     if slurm.session_of(job.name, self.instance) is not None
                 }
                 self._polled_at = started
+                self._forget_stale_endpoints(started)
         self._notify(None)
+
+    def _forget_stale_endpoints(self, polled_at: datetime) -> None:
+        """A job that waits again (requeued) no longer serves where it announced before."""
+        for job_id in list(self._endpoints):
+            job = self._jobs.get(job_id)
+            waiting = job is not None and job.kind is not JobState.RUNNING
+            if waiting and self._announced_at.get(job_id, polled_at) < polled_at:
+                del self._endpoints[job_id]
 
     async def job(self, job_id: str, submitted_at: datetime | None) -> JobInfo | None:
         """The job as last seen; sacct for jobs that squeue no longer lists."""
@@ -251,10 +263,7 @@ class SlurmBackend:
         """scancel, and drop the jobs' announcements."""
         if not job_ids:
             return
-        run = slurm.run_dir(self.instance)
-        stale = " ".join(shlex.quote(f"{run}/{job}.{kind}")
-                         for job in job_ids for kind in ("ready", "end"))
-        result = await self.link.run(f"{slurm.scancel_command(job_ids)}; rm -f {stale}")
+        result = await self.link.run(slurm.scancel_command(self.instance, job_ids))
         self.rpc_count += 1
         if result.exit_status != 0 and slurm.CONTROLLER_DOWN.search(_text(result.stderr)):
             raise ClusterUnreachable(_text(result.stderr).strip())

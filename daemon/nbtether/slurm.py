@@ -107,7 +107,10 @@ def output_path(instance: str, session: str, job_id: str = "%j") -> str:
 
 
 def run_dir(instance: str) -> str:
-    """Where jobs announce `<jobid>.ready` and `<jobid>.end`."""
+    """Where jobs announce `<jobid>-<run>.ready` and `<jobid>-<run>.end`.
+
+    `run` is SLURM_RESTART_COUNT, so a requeued job announces its new node afresh.
+    """
     return f"{remote_dir(instance)}/run"
 
 
@@ -154,14 +157,15 @@ until (exec 3<>"/dev/tcp/$address/$port") 2>/dev/null; do
     kill -0 "$jupyter" 2>/dev/null || break
     sleep 0.1
 done
+announce="$run/$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}}"
 if kill -0 "$jupyter" 2>/dev/null; then
-    printf '%s %s %s\\n' "$SLURMD_NODENAME" "$address" "$port" > "$run/.$SLURM_JOB_ID.ready"
-    mv -f "$run/.$SLURM_JOB_ID.ready" "$run/$SLURM_JOB_ID.ready"
+    printf '%s %s %s\\n' "$SLURMD_NODENAME" "$address" "$port" > "$run/.announce.$$"
+    mv -f "$run/.announce.$$" "$announce.ready"
 fi
 status=0
 wait "$jupyter" || status=$?
 while kill -0 "$jupyter" 2>/dev/null; do wait "$jupyter" || status=$?; done
-printf '%s\\n' "$status" > "$run/$SLURM_JOB_ID.end"
+printf '%s\\n' "$status" > "$announce.end"
 echo "nbtether: notebook exited with status $status" >&2
 exit "$status"
 """
@@ -226,9 +230,21 @@ def sacct_command(job_ids: list[str]) -> str:
     return f"sacct -X -n -P -j {ids} -o JobIDRaw,JobName,State,NodeList"
 
 
-def scancel_command(job_ids: list[str]) -> str:
-    """Cancel jobs (idempotent: a finished job is not an error)."""
-    return "scancel " + " ".join(_checked_ids(job_ids))
+def scancel_command(instance: str, job_ids: list[str]) -> str:
+    """Cancel jobs (idempotent: a finished job is not an error) and drop their announcements."""
+    ids = _checked_ids(job_ids)
+    run = shlex.quote(run_dir(instance))
+    stale = " ".join(f"{run}/{job_id}-*" for job_id in ids)
+    return f"scancel {' '.join(ids)}; rm -f {stale}"
+
+
+def parse_announcement(line: str) -> tuple[str, int, str, list[str]] | None:
+    """A watcher line `<jobid>-<run>.<kind> <content>` as (job id, run, kind, fields)."""
+    file, _, content = line.partition(" ")
+    match = re.fullmatch(r"(\d+)-(\d+)\.(ready|end)", file)
+    if not match:
+        return None
+    return match[1], int(match[2]), match[3], content.split()
 
 
 def _checked_ids(job_ids: list[str]) -> list[str]:

@@ -114,4 +114,45 @@ def test_parse_time_left() -> None:
 def test_job_ids_are_checked_before_reaching_a_command() -> None:
     """Only numeric job ids reach scancel and sacct."""
     with pytest.raises(ValueError):
-        slurm.scancel_command(["1; rm -rf ~"])
+        slurm.scancel_command("abcd1234", ["1; rm -rf ~"])
+
+
+def test_parse_squeue_on_captured_output() -> None:
+    """Real `squeue --me --states=all` output: states, reasons, nodes and end times."""
+    jobs = {job.job_id: job for job in
+            slurm.parse_squeue((CAPTURED / "squeue.txt").read_text(), NOW)}
+    assert jobs["13"].state == "RUNNING" and jobs["13"].node == "c1"
+    assert jobs["13"].ends_at == NOW + timedelta(minutes=4, seconds=56)
+    assert jobs["14"].kind is JobState.WAITING and jobs["14"].reason == "BeginTime"
+    assert jobs["14"].node is None and jobs["14"].ends_at is None
+    assert jobs["16"].kind is JobState.ENDED and jobs["16"].reason == "NonZeroExitCode"
+    assert jobs["17"].name == "other job" and jobs["17"].ends_at is None
+    assert jobs["3"].reason == ""
+
+
+def test_parse_sacct_on_captured_output() -> None:
+    """Real `sacct -X -n -P` output, including `CANCELLED by <uid>`."""
+    jobs = {job.job_id: job for job in slurm.parse_sacct((CAPTURED / "sacct.txt").read_text())}
+    assert jobs["6"].state == "CANCELLED by 1001" and jobs["6"].base_state == "CANCELLED"
+    assert jobs["14"].node is None
+    assert jobs["16"].kind is JobState.ENDED
+
+
+@pytest.mark.parametrize(("file", "message"), [
+    ("sbatch-bad-partition.txt",
+     "invalid partition specified: nope; Batch job submission failed: "
+     "Invalid partition name specified"),
+    ("sbatch-bad-account.txt", "Batch job submission failed: Invalid account or "
+     "account/partition combination specified"),
+])
+def test_sbatch_errors_keep_slurms_words(file: str, message: str) -> None:
+    """A rejection is reported in SLURM's own words, without the `sbatch: error:` prefix."""
+    assert slurm.sbatch_error((CAPTURED / file).read_text()) == message
+
+
+def test_announcements_name_job_and_run() -> None:
+    """Watcher lines carry the job id and its run (requeue) number."""
+    assert slurm.parse_announcement("12-1.ready c1 127.0.0.2 4000") == (
+        "12", 1, "ready", ["c1", "127.0.0.2", "4000"])
+    assert slurm.parse_announcement("12-0.end 0") == ("12", 0, "end", ["0"])
+    assert slurm.parse_announcement("garbage") is None
