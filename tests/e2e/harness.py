@@ -152,6 +152,8 @@ class Daemon:
 
     def jobs(self, states: str = "all") -> list[tuple[str, str, str]]:
         """(id, state, name) of this daemon's jobs in squeue."""
+        if not (self.state / "instance").exists():
+            return []  # the daemon has not started far enough to submit anything
         out = self.cluster.ssh(f"squeue --me -h -t {states} -o '%i|%T|%j'").stdout
         prefix = f"nbtether-{self.instance}-"
         rows = [tuple(line.split("|", 2)) for line in out.splitlines() if line.strip()]
