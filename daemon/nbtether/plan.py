@@ -18,6 +18,7 @@ from nbtether.state import Endpoint, Record
 RECHECK = 30.0  # seconds between looks at a session that waits on nothing in particular
 PROBE_AGAIN = 0.5  # the notebook was announced but does not answer yet
 BACKOFF_BASE = 15.0  # failed starts are retried after 15 s, 30 s, 60 s, …
+WARN_BEFORE = timedelta(minutes=10)  # warn this long before a walltime end without handover
 
 
 @dataclass(frozen=True)
@@ -284,12 +285,16 @@ def _follow_job(
 def _handover(
     spec: SessionSpec, record: Record, seen: Seen, fingerprint: str, now: datetime, out: Plan
 ) -> Plan:
-    lead = spec.restart.handover
-    if spec.restart.policy == "never" or not lead or record.ends_at is None:
+    lead, policy = spec.restart.handover, spec.restart.policy
+    if record.ends_at is None:
         return out
-    if lead >= spec.resources.time:
-        if record.ends_at - now <= lead:
-            record.message += "; walltime is near and handover is longer than the walltime"
+    possible = policy != "never" and lead and lead < spec.resources.time
+    if not possible or record.no_handover_for == record.job_id:
+        left = record.ends_at - now
+        if left <= max(lead, WARN_BEFORE):
+            then = "the notebook stops then" if policy == "never" else \
+                "a new job is submitted then, at the same URL"
+            record.message = f"walltime ends in {int(left.total_seconds()) // 60} min; {then}"
         return out
     starts_at = record.ends_at - lead
     if now < starts_at and record.successor_id is None:
@@ -302,8 +307,10 @@ def _handover(
         out.requeue_after = 0.0
         return out
     if successor is not None and successor.kind is JobState.ENDED:
-        record.successor_id = None
-        record.message += f"; successor ended ({successor.state}), will resubmit at walltime"
+        # Fall back to resubmitting when the walltime ends; one handover try per job.
+        record.successor_id, record.no_handover_for = None, record.job_id
+        record.phase = "ready"
+        record.message = f"successor job ended ({successor.state}); will resubmit at walltime"
         return out
     record.phase = "handover"
     if seen.successor_endpoint and seen.successor_answering:

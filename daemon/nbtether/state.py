@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from nbtether.errors import AlreadyRunning
 
 Phase = Literal["pending", "starting", "ready", "handover", "stopping", "failed", "invalid"]
 APP_PATHS = {"lab": "lab", "notebook": "tree", "server": ""}
@@ -43,6 +46,7 @@ class Record(BaseModel):
     fingerprint: str | None = None  # of the spec that made `job_id`
     endpoint: Endpoint | None = None
     successor_id: str | None = None  # a job started to take over from `job_id`
+    no_handover_for: str | None = None  # the job whose successor failed: no second try
     restarts: int = 0
     failures: int = 0  # failed starts in a row
     submitted_at: datetime | None = None
@@ -95,6 +99,17 @@ class StateStore:
         for directory in (self.root, self.sessions):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)
+
+    def lock(self) -> int:
+        """Hold the state directory for this process (released when it exits)."""
+        self.prepare()
+        fd = os.open(self.root / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(f"another nbtether daemon is using {self.root}") from None
+        return fd
 
     def instance_id(self) -> str:
         """This daemon installation's id: part of every job name, so others' jobs are left alone."""

@@ -193,3 +193,31 @@ def test_no_handover_under_policy_never() -> None:
     running = job("RUNNING", ends_at=NOW + timedelta(minutes=1))
     outcome = plan(spec, record, seen(job=running, endpoint=EP, answering=True, routed=EP), NOW)
     assert not any(isinstance(action, Submit) for action in outcome.actions)
+
+
+def test_failed_successor_falls_back_to_resubmission_at_walltime() -> None:
+    """A successor that dies is not retried; the session stays ready and says what follows."""
+    spec = make_spec(restart={"handover": "10m"})
+    record = make_record(job_id="100", successor_id="101", phase="handover",
+                         fingerprint=spec.job_fingerprint())
+    running = job("RUNNING", ends_at=NOW + timedelta(minutes=5))
+    observed = seen(job=running, endpoint=EP, answering=True, routed=EP,
+                    successor=job("FAILED", "101"))
+    outcome = plan(spec, record, observed, NOW)
+    assert outcome.record is not None and outcome.record.successor_id is None
+    again = plan(spec, outcome.record, seen(job=running, endpoint=EP, answering=True,
+                                            routed=EP), NOW)
+    assert not any(isinstance(action, Submit) for action in again.actions)
+    assert again.record is not None and again.record.phase == "ready"
+    assert "walltime ends in 5 min" in again.record.message
+
+
+def test_walltime_warning_without_handover() -> None:
+    """Without handover, the message warns when the walltime is near."""
+    spec = make_spec(restart={"handover": "0s"})
+    record = make_record(job_id="100", phase="ready", fingerprint=spec.job_fingerprint())
+    running = job("RUNNING", ends_at=NOW + timedelta(minutes=3))
+    outcome = plan(spec, record, seen(job=running, endpoint=EP, answering=True, routed=EP), NOW)
+    assert outcome.record is not None
+    assert outcome.record.message == ("walltime ends in 3 min; a new job is submitted then, "
+                                      "at the same URL")
