@@ -77,7 +77,7 @@ class Daemon:
 
     async def run(self) -> None:
         """Run until asked to stop."""
-        self.store.prepare()
+        self.store.lock()
         instance = self.store.instance_id()
         self.backends = self._make_backends(instance)
         self.reconciler = Reconciler(self.settings, self.store, self.backends, self.queue.add)

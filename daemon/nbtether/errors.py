@@ -5,6 +5,7 @@
     │   └── ClusterUnreachable  SSH connection or slurmctld not answering
     └── PermanentError          stop and tell the user in `status`; no retry loop
         ├── ConfigError         the daemon config is unusable
+        ├── AlreadyRunning      another daemon uses the same state directory
         ├── HostKeyError        the login node's host key is unknown or changed
         ├── AuthError           the cluster refused our credentials
         └── SubmissionRejected  SLURM refused the job (its message is kept verbatim)
@@ -31,6 +32,10 @@ class PermanentError(NbtetherError):
 
 class ConfigError(PermanentError):
     """The daemon config file or environment is invalid."""
+
+
+class AlreadyRunning(PermanentError):
+    """Another `nbtether run` holds the state directory."""
 
 
 class HostKeyError(PermanentError):
