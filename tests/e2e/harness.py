@@ -68,7 +68,8 @@ def listening_addresses(port: int) -> set[str]:
 class Daemon:
     """One daemon with its own config, sessions directory and state directory."""
 
-    def __init__(self, root: Path, cluster: Cluster) -> None:
+    def __init__(self, root: Path, cluster: Cluster, testbed: str | None = None) -> None:
+        """`testbed` replaces the keys of the `testbed` cluster (YAML, one key per line)."""
         self.root = root
         self.cluster = cluster
         self.sessions = root / "sessions.d"
@@ -76,11 +77,14 @@ class Daemon:
         self.config = root / "config.yaml"
         self.log = root / "daemon.log"
         self.sessions.mkdir(parents=True, exist_ok=True)
+        testbed = testbed or (
+            f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
+            f"identity_file: {cluster.identity_file}\nknown_hosts: {cluster.known_hosts}\n"
+        )
+        keys = "".join(f"    {line}\n" for line in testbed.splitlines())
         self.config.write_text(
-            f"sessions_dir: {self.sessions}\nstate_dir: {self.state}\nclusters:\n"
-            f"  testbed:\n    host: {cluster.host}\n    port: {cluster.port}\n"
-            f"    user: {cluster.user}\n    identity_file: {cluster.identity_file}\n"
-            f"    known_hosts: {cluster.known_hosts}\n"
+            f"sessions_dir: {self.sessions}\nstate_dir: {self.state}\n"
+            f"clusters:\n  testbed:\n{keys}"
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "HOME": str(root), "NBTETHER_CONFIG": str(self.config)}

@@ -1,0 +1,100 @@
+"""How the daemon logs in: ~/.ssh/config aliases, ssh-agent, ProxyJump, host-key checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, wait_for
+from tests.e2e.harness import Daemon, free_port, session_yaml
+
+pytestmark = pytest.mark.e2e
+
+
+def ssh_config(home: Path, cluster: Cluster, *, with_key: bool) -> None:
+    """A ~/.ssh with the login node as Host alias `login` and its key in known_hosts."""
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (ssh / "known_hosts").write_text(cluster.known_hosts.read_text())
+    identity = f"    IdentityFile {cluster.identity_file}\n" if with_key else ""
+    (ssh / "config").write_text(
+        f"Host login\n    HostName {cluster.host}\n    Port {cluster.port}\n"
+        f"    User {cluster.user}\n{identity}"
+    )
+
+
+@pytest.fixture
+def agent(tmp_path: Path, cluster: Cluster) -> Iterator[Path]:
+    """A real ssh-agent holding the test user's key; yields its socket."""
+    socket = tmp_path / "agent.sock"
+    started = subprocess.run(["ssh-agent", "-a", str(socket)], capture_output=True,
+                             text=True, check=True).stdout
+    pid = started.split("SSH_AGENT_PID=", 1)[1].split(";", 1)[0]
+    subprocess.run(["ssh-add", str(cluster.identity_file)], env={"SSH_AUTH_SOCK": str(socket)},
+                   capture_output=True, check=True)
+    yield socket
+    subprocess.run(["kill", pid], check=False)
+
+
+def run_one_session(daemon: Daemon) -> dict[str, object]:
+    daemon.start()
+    daemon.drop("viaconfig", session_yaml(free_port()))
+    return daemon.wait_phase("viaconfig", "ready", timeout=120)
+
+
+def test_ssh_config_alias_and_agent(tmp_path: Path, cluster: Cluster, agent: Path) -> None:
+    """`host:` may be an ssh_config alias, and the key may come from an ssh-agent socket."""
+    ssh_config(tmp_path, cluster, with_key=False)
+    daemon = Daemon(tmp_path, cluster, testbed=f"host: login\nagent_path: {agent}")
+    try:
+        row = run_one_session(daemon)
+        assert row["node"] in {"c1", "c2"}
+    finally:
+        daemon.cleanup()
+
+
+def test_proxy_jump(tmp_path: Path, cluster: Cluster) -> None:
+    """A cluster reached through a jump host (here the login node jumping to itself)."""
+    ssh_config(tmp_path, cluster, with_key=True)
+    daemon = Daemon(tmp_path, cluster, testbed=(
+        f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
+        f"identity_file: {cluster.identity_file}\nproxy_jump: login"
+    ))
+    try:
+        run_one_session(daemon)
+    finally:
+        daemon.cleanup()
+
+
+def test_unknown_host_key_is_a_clear_error_and_not_retried(tmp_path: Path,
+                                                           cluster: Cluster) -> None:
+    """A login node whose key does not match known_hosts is refused, said, and not retried."""
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                   check=True)
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(f"[{cluster.host}]:{cluster.port} " +
+                     " ".join(Path(f"{other}.pub").read_text().split()[:2]) + "\n")
+    daemon = Daemon(tmp_path, cluster, testbed=(
+        f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
+        f"identity_file: {cluster.identity_file}\nknown_hosts: {wrong}"
+    ))
+    daemon.start()
+    try:
+        daemon.drop("guarded", session_yaml(free_port()))
+
+        def says_host_key() -> bool:
+            row = daemon.status().get("guarded")
+            return row is not None and "host key" in str(row["message"])
+
+        wait_for(says_host_key, timeout=30, message="status to name the host key problem")
+        failures = [json.loads(line) for line in daemon.log.read_text().splitlines()
+                    if '"ssh connect failed"' in line]
+        assert len(failures) == 1 and failures[0]["retry_in"] == 600.0
+        assert daemon.jobs() == []
+    finally:
+        daemon.cleanup()
