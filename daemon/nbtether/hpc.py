@@ -72,7 +72,8 @@ class SlurmBackend:
         self._watch_interval = watch_interval
         self.link = SshLink(name, config, self._on_connected, lambda: on_change(None))
         self._jobs: dict[str, JobInfo] = {}
-        self._finished: dict[str, JobInfo] = {}
+        self._finished: dict[str, JobInfo] = {}  # final states from sacct
+        self._forgotten: set[str] = set()  # jobs neither squeue nor sacct knows
         self._polled_at: datetime | None = None
         self._slurm_error: str | None = None
         self._endpoints: dict[str, Endpoint] = {}
@@ -211,6 +212,8 @@ class SlurmBackend:
             return JobInfo(job_id=job_id, name="", state="PENDING", reason="submitted")
         if job_id in self._finished:
             return self._finished[job_id]
+        if job_id in self._forgotten:
+            return None
         return await self._sacct(job_id)
 
     async def _sacct(self, job_id: str) -> JobInfo | None:
@@ -226,6 +229,7 @@ class SlurmBackend:
                 if job.kind is JobState.ENDED:
                     self._finished[job_id] = job
                 return job
+        self._forgotten.add(job_id)  # no accounting record: asking again will not help
         return None
 
     def endpoint(self, job_id: str) -> Endpoint | None:

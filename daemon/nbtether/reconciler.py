@@ -208,8 +208,8 @@ class Reconciler:
         if before.phase != after.phase or (
             after.phase != "ready" and before.message != after.message
         ):
-            log.info("session", session=after.name, phase=after.phase, message=after.message,
-                     job_id=after.job_id)
+            log.info("session changed", session=after.name, phase=after.phase,
+                     message=after.message, job_id=after.job_id)
         self.records[after.name] = after
         self.store.save(after)
 
