@@ -16,7 +16,7 @@ from pydantic_settings import (
 
 from nbtether.errors import ConfigError
 
-ExpandedPath = Annotated[Path, AfterValidator(lambda p: p.expanduser())]
+ExpandedPath = Annotated[Path, AfterValidator(lambda p: Path(os.path.expandvars(p)).expanduser())]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 

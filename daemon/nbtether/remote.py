@@ -12,6 +12,7 @@ import contextlib
 import random
 import shlex
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -48,6 +49,7 @@ def connect_options(config: ClusterConfig) -> dict[str, Any]:
         "keepalive_count_max": KEEPALIVE_COUNT,
         "connect_timeout": CONNECT_TIMEOUT,
         "encryption_algs": CIPHERS,
+        "agent_forwarding": False,  # the cluster never gets to use the laptop's keys
     }
     if config.user:
         options["username"] = config.user
@@ -57,10 +59,12 @@ def connect_options(config: ClusterConfig) -> dict[str, Any]:
         if not config.identity_file.is_file():
             raise ConfigError(f"identity_file {config.identity_file} does not exist")
         options["client_keys"] = [str(config.identity_file)]
-    if config.known_hosts:
-        if not config.known_hosts.is_file():
-            raise HostKeyError(f"known_hosts {config.known_hosts} does not exist")
-        options["known_hosts"] = str(config.known_hosts)
+    # Explicit, so that an ssh_config `UserKnownHostsFile none` cannot turn checking off.
+    known_hosts = config.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+    if not known_hosts.is_file():
+        raise HostKeyError(f"known_hosts {known_hosts} does not exist; log in once with ssh "
+                           "and check the host key fingerprint, or set known_hosts")
+    options["known_hosts"] = str(known_hosts)
     if config.proxy_jump:
         options["tunnel"] = config.proxy_jump
     if config.agent_path:
