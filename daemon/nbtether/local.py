@@ -23,7 +23,7 @@ from pathlib import Path
 import structlog
 
 from nbtether.backend import Streams
-from nbtether.errors import SubmissionRejected
+from nbtether.errors import NbtetherError, SubmissionRejected
 from nbtether.slurm import JobInfo
 from nbtether.spec import SessionSpec
 from nbtether.state import Endpoint
@@ -73,7 +73,7 @@ class LocalBackend:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def problem(self) -> str | None:
+    def problem(self) -> NbtetherError | None:
         """A local backend can always be observed."""
         return None
 
@@ -126,7 +126,6 @@ class LocalBackend:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "jupyter", spec.jupyter.app, "--no-browser",
                     "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
-                    "--ServerApp.no_browser_open_file=True",
                     f"--ServerApp.root_dir={root_dir}", *as_root,
                     stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                     env=env, start_new_session=True,
@@ -175,6 +174,10 @@ class LocalBackend:
                 continue
             job.state = "CANCELLED"
             await _terminate(job.pid, None)
+
+    async def release(self, session: str) -> None:
+        """Remove the session's token file."""
+        (self.root / session / "token").unlink(missing_ok=True)
 
     async def open_connection(self, host: str, port: int) -> Streams:
         """A plain TCP connection on this machine."""

@@ -149,7 +149,7 @@ export JUPYTER_TOKEN_FILE="$HOME"/{token}
 run="$HOME"/{run}
 port=$(python -c {free_port})
 jupyter {app} --no-browser --ip="$address" --port="$port" --ServerApp.port_retries=0 \\
-    --ServerApp.no_browser_open_file=True --ServerApp.root_dir={root_dir} &
+    --ServerApp.root_dir={root_dir} &
 jupyter=$!
 trap 'kill -TERM "$jupyter" 2>/dev/null' TERM INT
 # Tell the daemon (through a file it watches on the login node) once Jupyter accepts.

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from nbtether.config import NAME_PATTERN, describe_validation_error
 
@@ -81,8 +88,18 @@ def format_walltime(value: timedelta) -> str:
     return f"{days}-{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
 
 
-Walltime = Annotated[timedelta, BeforeValidator(parse_walltime)]
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Walltime = Annotated[
+    timedelta,
+    BeforeValidator(parse_walltime),
+    WithJsonSchema({"type": ["string", "integer"],
+                    "description": "SLURM time: minutes, h:m:s, d-h, d-h:m or d-h:m:s"}),
+]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    WithJsonSchema({"type": ["string", "integer"],
+                    "description": "seconds, or a number with s, m, h or d (90s, 10m)"}),
+]
 
 
 class _Strict(BaseModel):
@@ -123,7 +140,9 @@ class Jupyter(_Strict):
     """How Jupyter runs inside the job."""
 
     app: Literal["lab", "notebook", "server"] = Field("lab", description="Which Jupyter app.")
-    root_dir: RemotePath = Field("~", description="Notebook root on the cluster.")
+    root_dir: Annotated[RemotePath, BeforeValidator(lambda v: "~" if v is None else v)] = Field(
+        "~", description="Notebook root on the cluster (`~`, unquoted YAML null, is home)."
+    )
     address_prefix: AddressPrefix | None = Field(
         None,
         description="Bind to the node address starting with this (default: the node name).",
