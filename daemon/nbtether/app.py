@@ -14,6 +14,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from nbtether.backend import Backend
 from nbtether.config import Settings
+from nbtether.desktop import DesktopNotifier
 from nbtether.hpc import SlurmBackend
 from nbtether.local import LocalBackend
 from nbtether.reconciler import Reconciler
@@ -35,6 +36,7 @@ class Daemon:
         self.store = StateStore(settings.state_dir)
         self.stopping = asyncio.Event()
         self.notifier = Notifier()
+        self.desktop = DesktopNotifier() if settings.notifications else None
         self.queue = WorkQueue(self._reconcile)
         self.backends: dict[str, Backend] = {}
         self.reconciler: Reconciler | None = None
@@ -80,7 +82,10 @@ class Daemon:
         self.store.lock()
         instance = self.store.instance_id()
         self.backends = self._make_backends(instance)
-        self.reconciler = Reconciler(self.settings, self.store, self.backends, self.queue.add)
+        self.reconciler = Reconciler(
+            self.settings, self.store, self.backends, self.queue.add,
+            on_phase=self.desktop.phase_changed if self.desktop else None,
+        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
@@ -117,3 +122,5 @@ class Daemon:
         await self.reconciler.close()
         for backend in self.backends.values():
             await backend.stop()
+        if self.desktop is not None:
+            self.desktop.close()

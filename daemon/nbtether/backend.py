@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Protocol
 
+from nbtether.errors import NbtetherError
 from nbtether.slurm import JobInfo
 from nbtether.spec import SessionSpec
 from nbtether.state import Endpoint
@@ -30,7 +31,7 @@ class Backend(Protocol):
     async def stop(self) -> None:
         """Disconnect; jobs keep running."""
 
-    def problem(self) -> str | None:
+    def problem(self) -> NbtetherError | None:
         """Why the cluster cannot be observed right now, or None."""
 
     async def job(self, job_id: str, submitted_at: datetime | None) -> JobInfo | None:
@@ -50,6 +51,9 @@ class Backend(Protocol):
 
     async def cancel(self, job_ids: list[str]) -> None:
         """Cancel jobs; cancelling a finished job is not an error."""
+
+    async def release(self, session: str) -> None:
+        """Remove what a deleted session left on the cluster (its token file)."""
 
     async def open_connection(self, host: str, port: int) -> Streams:
         """A byte stream to host:port as seen from the cluster."""

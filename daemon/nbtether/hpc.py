@@ -21,7 +21,7 @@ import structlog
 from nbtether import slurm
 from nbtether.backend import Streams, unknown
 from nbtether.config import ClusterConfig
-from nbtether.errors import ClusterUnreachable, SubmissionRejected
+from nbtether.errors import ClusterUnreachable, NbtetherError, SubmissionRejected
 from nbtether.remote import SshLink, bash
 from nbtether.slurm import JobInfo, JobState
 from nbtether.spec import SessionSpec
@@ -96,13 +96,13 @@ class SlurmBackend:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.link.stop()
 
-    def problem(self) -> str | None:
+    def problem(self) -> NbtetherError | None:
         """Why jobs cannot be observed right now."""
         if self.link.error is not None:
-            return str(self.link.error)
+            return self.link.error
         if self._polled_at is None:
-            return "waiting for the first squeue"
-        return self._slurm_error
+            return ClusterUnreachable("waiting for the first squeue")
+        return ClusterUnreachable(self._slurm_error) if self._slurm_error else None
 
     async def _on_connected(self, conn: asyncssh.SSHClientConnection) -> None:
         self._soon(self._watch())
@@ -200,7 +200,7 @@ class SlurmBackend:
         """The job as last seen; sacct for jobs that squeue no longer lists."""
         problem = self.problem()
         if problem is not None:
-            return unknown(job_id, problem)
+            return unknown(job_id, str(problem))
         cached = self._jobs.get(job_id)
         endpoint = self._endpoints.get(job_id)
         if endpoint and (cached is None or cached.kind is JobState.WAITING):
@@ -287,6 +287,11 @@ class SlurmBackend:
                        for j in job_ids):
                 return
             delay = min(delay * 2, 5.0)
+
+    async def release(self, session: str) -> None:
+        """Remove the session's token file from the cluster."""
+        token = shlex.quote(slurm.token_path(self.instance, session))
+        await self.link.run(f"rm -f {token}")
 
     async def open_connection(self, host: str, port: int) -> Streams:
         """A channel from the login node to the compute node's notebook."""

@@ -67,6 +67,8 @@ class Seen:
     """What the daemon observed about one session just before planning."""
 
     problem: str | None = None  # the cluster cannot be observed (no connection, no squeue)
+    blocked: bool = False  # the problem needs a person (host key, credentials)
+    file_version: str = ""  # changes whenever the session file is written
     job: JobInfo | None = None  # the record's job; None when SLURM no longer knows it
     successor: JobInfo | None = None
     endpoint: Endpoint | None = None  # announced by the record's job
@@ -86,6 +88,11 @@ class Plan:
     record: Record | None
     actions: list[Action] = field(default_factory=list)
     requeue_after: float | None = None
+
+
+def attempt_key(spec: SessionSpec, seen: Seen) -> str:
+    """What a failed session waits for to change: the job's shape, or the file being saved."""
+    return f"{spec.job_fingerprint()}@{seen.file_version}"
 
 
 def _active(job: JobInfo | None) -> bool:
@@ -130,6 +137,8 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
         out.requeue_after = RECHECK
         return out
     if seen.problem:
+        if seen.blocked:
+            record.phase = "failed"  # the URL cannot work until a person fixes the login
         record.message = f"cluster unreachable: {seen.problem}"
         out.requeue_after = RECHECK
         return out
@@ -147,7 +156,7 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     if strays:
         out.actions.append(Cancel(tuple(stray.job_id for stray in strays)))
 
-    if record.given_up_on == fingerprint and not _active(job):
+    if record.given_up_on == attempt_key(spec, seen) and not _active(job):
         record.phase = "failed"
         return out
     record.given_up_on = None
@@ -212,20 +221,20 @@ def _after_end(
     out.actions.append(Route(None))
     if state in slurm.INTERRUPTED or state == "GONE":
         if policy == "never":
-            return _give_up(out, record, fingerprint,
+            return _give_up(out, record, attempt_key(spec, seen),
                             f"job ended ({said}); restart policy is never")
         record.last_end = f"job {record.job_id} ended ({said})"
         record.restarts += 1
         return _submit(out, record, fingerprint, now)
     if state == "CANCELLED":
-        return _give_up(out, record, fingerprint,
+        return _give_up(out, record, attempt_key(spec, seen),
                         f"job {record.job_id} was {said.lower()} outside nbtether")
     if policy != "always":
-        return _give_up(out, record, fingerprint,
+        return _give_up(out, record, attempt_key(spec, seen),
                         f"job {record.job_id} ended ({said}); restart policy is {policy}")
     record.failures += 1
     if record.failures >= spec.restart.max_failures:
-        return _give_up(out, record, fingerprint,
+        return _give_up(out, record, attempt_key(spec, seen),
                         f"job ended ({said}) {record.failures} times in a row; "
                         "see `nbtether logs` and edit the file to try again")
     delay = BACKOFF_BASE * 2 ** (record.failures - 1)
@@ -235,8 +244,8 @@ def _after_end(
     return _submit(out, record, fingerprint, now)
 
 
-def _give_up(out: Plan, record: Record, fingerprint: str, message: str) -> Plan:
-    record.phase, record.message, record.given_up_on = "failed", message, fingerprint
+def _give_up(out: Plan, record: Record, attempt: str, message: str) -> Plan:
+    record.phase, record.message, record.given_up_on = "failed", message, attempt
     record.endpoint = record.ends_at = None
     out.requeue_after = None
     return out

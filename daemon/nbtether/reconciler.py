@@ -6,6 +6,7 @@ job, the tunnel) and carries out its actions against the backends and the tunnel
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -13,9 +14,20 @@ import structlog
 
 from nbtether.backend import Backend, Streams
 from nbtether.config import Settings
-from nbtether.errors import PermanentError, SubmissionRejected, TemporaryError
-from nbtether.plan import Cancel, Forget, Listen, Plan, Route, Seen, Submit, Unlisten, plan
-from nbtether.spec import SessionSpec, Spec, load_sessions
+from nbtether.errors import NbtetherError, PermanentError, SubmissionRejected
+from nbtether.plan import (
+    Cancel,
+    Forget,
+    Listen,
+    Plan,
+    Route,
+    Seen,
+    Submit,
+    Unlisten,
+    attempt_key,
+    plan,
+)
+from nbtether.spec import SUFFIXES, SessionSpec, Spec, load_sessions
 from nbtether.state import Endpoint, Record, StateStore
 from nbtether.tunnel import Tunnel, probe
 
@@ -35,6 +47,7 @@ class Reconciler:
         backends: Mapping[str, Backend],
         wake: Callable[[str], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_phase: Callable[[str, Record], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -44,6 +57,7 @@ class Reconciler:
         self._port_errors: dict[str, str] = {}
         self._wake = wake
         self._clock = clock
+        self._on_phase = on_phase  # told (old phase, new record) after each phase change
 
     def names(self) -> set[str]:
         """Every session that has a file or a record."""
@@ -73,10 +87,17 @@ class Reconciler:
         outcome = plan(spec, record, seen, self._clock())
         if outcome.record is not None and isinstance(spec, SessionSpec):
             outcome.record.cluster = spec.cluster
-        await self._act(name, spec, outcome, backend)
+        await self._act(name, spec, outcome, backend, seen)
         if outcome.record is not None:
             self._remember(record, outcome.record)
         return outcome.requeue_after
+
+    def _file_version(self, name: str) -> str:
+        """The session file's modification time: touching the file retries a failed session."""
+        for suffix in SUFFIXES:
+            with contextlib.suppress(OSError):
+                return str((self.settings.sessions_dir / f"{name}{suffix}").stat().st_mtime_ns)
+        return ""
 
     async def _observe(self, record: Record, backend: Backend | None) -> Seen:
         tunnel = self.tunnels.get(record.name)
@@ -88,8 +109,9 @@ class Reconciler:
                         listening=listening, routed=routed, port_error=port_error)
         problem = backend.problem()
         if problem:
-            return Seen(problem=problem, listening=listening, routed=routed,
-                        port_error=port_error)
+            return Seen(problem=str(problem), blocked=isinstance(problem, PermanentError),
+                        listening=listening, routed=routed, port_error=port_error)
+        file_version = self._file_version(record.name)
         job = successor = None
         if record.job_id:
             job = await backend.job(record.job_id, record.submitted_at)
@@ -100,6 +122,7 @@ class Reconciler:
             backend.endpoint(record.successor_id) if record.successor_id else None
         )
         return Seen(
+            file_version=file_version,
             job=job,
             successor=successor,
             endpoint=endpoint,
@@ -122,7 +145,7 @@ class Reconciler:
         return await probe(backend.open_connection, endpoint, record.token)
 
     async def _act(
-        self, name: str, spec: Spec | None, outcome: Plan, backend: Backend | None
+        self, name: str, spec: Spec | None, outcome: Plan, backend: Backend | None, seen: Seen
     ) -> None:
         record = outcome.record
         for action in outcome.actions:
@@ -140,30 +163,35 @@ class Reconciler:
                 case Cancel(job_ids) if backend is not None and job_ids:
                     await backend.cancel(list(job_ids))
                 case Submit(successor) if isinstance(spec, SessionSpec) and record is not None:
-                    await self._submit(record, spec, successor=successor)
+                    await self._submit(record, spec, seen, successor=successor)
                 case Forget():
+                    if backend is not None:
+                        with contextlib.suppress(NbtetherError):
+                            await backend.release(name)
                     self.records.pop(name, None)
                     self.store.delete(name)
                     self._port_errors.pop(name, None)
                     log.info("session removed", session=name)
 
-    async def _submit(self, record: Record, spec: SessionSpec, *, successor: bool) -> None:
+    async def _submit(
+        self, record: Record, spec: SessionSpec, seen: Seen, *, successor: bool
+    ) -> None:
         backend = self.backends[spec.cluster]
         now = self._clock()
         try:
             job_id = await backend.submit(record.name, spec, record.token)
-        except SubmissionRejected as exc:
-            record.phase, record.message = "failed", f"rejected by SLURM: {exc}"
-            record.given_up_on = spec.job_fingerprint()
-            return
-        except PermanentError as exc:
-            record.phase, record.message = "failed", str(exc)
-            return
-        except TemporaryError as exc:
+        except NbtetherError as exc:
+            reason = f"rejected by SLURM: {exc}" if isinstance(exc, SubmissionRejected) \
+                else str(exc)
             if successor:
-                record.message = f"cannot submit the successor yet: {exc}"
+                # The running job keeps serving; resubmit when its walltime ends instead.
+                record.phase, record.no_handover_for = "ready", record.job_id
+                record.message = f"cannot start a successor ({reason}); will resubmit at walltime"
+            elif isinstance(exc, PermanentError):
+                record.phase, record.message = "failed", reason
+                record.given_up_on = attempt_key(spec, seen)
             else:
-                record.message = f"submission failed, will retry: {exc}"
+                record.message = f"submission failed, will retry: {reason}"
                 record.retry_at = now + SUBMIT_RETRY
             return
         record.submitted_at = now
@@ -212,6 +240,8 @@ class Reconciler:
                      message=after.message, job_id=after.job_id)
         self.records[after.name] = after
         self.store.save(after)
+        if self._on_phase is not None and before.phase != after.phase:
+            self._on_phase(before.phase, after)
 
     async def close(self) -> None:
         """Close every port; jobs keep running."""

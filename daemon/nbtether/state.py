@@ -53,7 +53,7 @@ class Record(BaseModel):
     retry_at: datetime | None = None
     last_end: str = ""  # how the previous job ended, shown while waiting to resubmit
     ends_at: datetime | None = None  # walltime end of `job_id`
-    given_up_on: str | None = None  # fingerprint that failed for good; an edit retries
+    given_up_on: str | None = None  # the attempt (plan.attempt_key) that failed for good
 
     @classmethod
     def new(cls, name: str, cluster: str = "", local_port: int | None = None) -> Record:
