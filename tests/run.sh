@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --root-user-action=ignore -e '.[dev,local]'
 bash tests/cluster/start.sh
+# tests/unit/test_service.py verifies the user unit with systemd-analyze.
+if ! command -v systemd-analyze >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
+fi
 python3 -m pytest "$@"
 ruff check .
 mypy --strict daemon

@@ -13,14 +13,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from nbtether import __version__, service
 from nbtether.config import Settings, load_settings
-from nbtether.errors import ConfigError
-from nbtether.spec import InvalidSpec, SessionSpec, check_files, session_files
+from nbtether.errors import AlreadyRunning, ConfigError
+from nbtether.spec import InvalidSpec, SessionSpec, check_files, load_sessions, session_files
 from nbtether.state import Record, StateStore
 
-EXIT_INVALID = 1  # a session file is invalid, or a session is not found / not ready
+EXIT_INVALID = 1  # invalid file, failed check, unknown/unready session, daemon already running
 EXIT_CONFIG = 3  # the daemon config is unusable
 HEARTBEAT_STALE = 30.0
 
@@ -77,7 +78,11 @@ def run(
     from nbtether.logconfig import configure
 
     configure(json=json_logs)
-    asyncio.run(Daemon(settings()).run())
+    try:
+        asyncio.run(Daemon(settings()).run())
+    except AlreadyRunning as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_INVALID) from exc
 
 
 def _records(config: Settings) -> dict[str, Record]:
@@ -97,7 +102,8 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps({"sessions": rows, "daemon": _daemon_state(store)}) + "\n")
         return
-    table = Table("NAME", "PHASE", "JOB", "NODE", "TIME LEFT", "URL / MESSAGE", box=None)
+    table = Table("NAME", "PHASE", "JOB", "NODE", "TIME LEFT", box=None)
+    table.add_column("URL / MESSAGE", overflow="fold")  # a URL must stay copyable whole
     for row in rows:
         left = row["time_left"]
         table.add_row(
@@ -172,7 +178,7 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
 ) -> None:
     """Print the current job's output (Jupyter's log) from the cluster."""
-    from nbtether.inspect import print_output
+    from nbtether.oneshot import print_output
 
     config = settings()
     record = _record(config, name)
@@ -180,6 +186,50 @@ def logs(
         err.print(f"{name} has no job ({record.phase}: {record.message})")
         raise typer.Exit(EXIT_INVALID)
     raise typer.Exit(asyncio.run(print_output(config, record, follow)))
+
+
+@app.command()
+def check(
+    name: Annotated[
+        str | None, typer.Argument(help="Session name (default: every valid session).")
+    ] = None,
+    install: Annotated[
+        bool, typer.Option("--install", help="Create the declared venv and install jupyterlab.")
+    ] = False,
+) -> None:
+    """Preflight sessions against their clusters without submitting; exit 1 if a check fails."""
+    import logging
+
+    from nbtether import preflight
+    from nbtether.logconfig import configure
+
+    configure(json=False, level=logging.ERROR)  # failures are reported below, not logged
+    config = settings()
+    specs = load_sessions(config.sessions_dir, config.clusters)
+    if name is not None and not isinstance(specs.get(name), SessionSpec):
+        spec = specs.get(name)
+        why = spec.reason if isinstance(spec, InvalidSpec) else "no such session file"
+        err.print(f"{name}: {why} (in {config.sessions_dir})", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID)
+    chosen = {n: s for n, s in specs.items() if isinstance(s, SessionSpec)
+              and (name is None or n == name)}
+    for skipped in sorted(set(specs) - set(chosen) if name is None else ()):
+        err.print(f"skipping {skipped}: invalid (see nbtether validate)", markup=False)
+    if not chosen:
+        out.print(f"no valid session files in {config.sessions_dir}", markup=False)
+        return
+    reports = asyncio.run(preflight.check_sessions(config, chosen, install=install))
+    for report in reports:
+        out.print(f"{report.session} (cluster {report.cluster})", markup=False, highlight=False)
+        for item in report.checks:
+            style = {"ok": "green", "fail": "red", "skip": "yellow"}[item.status]
+            line = Text(f"  {item.status.upper():<5}", style=style)
+            line.append(f"{item.name:<19} {item.detail}")
+            out.print(line, soft_wrap=True, highlight=False)
+            if item.hint and item.status != "ok":
+                out.print(Text(f"{'':7}fix: {item.hint}"), soft_wrap=True, highlight=False)
+    if not all(report.ok for report in reports):
+        raise typer.Exit(EXIT_INVALID)
 
 
 @app.command()
