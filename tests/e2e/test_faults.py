@@ -25,10 +25,17 @@ def token_of(row: dict[str, object]) -> str:
 
 
 def sacct_jobs(cluster: Cluster, daemon: Daemon, session: str) -> list[tuple[str, str]]:
-    """(id, state) of every job the daemon ever submitted for `session`, from accounting."""
+    """(id, state) of every job the daemon ever submitted for `session`, from accounting.
+
+    slurmdbd records jobs asynchronously, so this waits until at least one is recorded.
+    """
     name = f"nbtether-{daemon.instance}-{session}"
-    out = cluster.ssh(f"sacct -X -n -P --name={name} -S now-1hour -o JobIDRaw,State").stdout
-    return [(row.split("|")[0], row.split("|")[1]) for row in out.splitlines() if row]
+
+    def recorded() -> list[tuple[str, str]]:
+        out = cluster.ssh(f"sacct -X -n -P --name={name} -S now-1hour -o JobIDRaw,State").stdout
+        return [(row.split("|")[0], row.split("|")[1]) for row in out.splitlines() if row]
+
+    return wait_for(recorded, timeout=30, message=f"accounting records of {name}")
 
 
 class Prober(threading.Thread):
