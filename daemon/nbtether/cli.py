@@ -102,16 +102,18 @@ def status(
     if as_json:
         sys.stdout.write(json.dumps({"sessions": rows, "daemon": _daemon_state(store)}) + "\n")
         return
-    table = Table("NAME", "PHASE", "JOB", "NODE", "TIME LEFT", box=None)
-    table.add_column("URL / MESSAGE", overflow="fold")  # a URL must stay copyable whole
+    table = Table("NAME", "PHASE", "JOB", "NODE", "TIME LEFT", "PORT", "MESSAGE", box=None)
     for row in rows:
         left = row["time_left"]
         table.add_row(
             row["name"], _colored(row["phase"]), row["job_id"] or "-", row["node"] or "-",
             f"{left // 3600}:{left % 3600 // 60:02d}" if left is not None else "-",
-            row["url"] or row["message"],
+            str(row["local_port"] or "-"), row["message"],
         )
     out.print(table if rows else f"no sessions (watching {config.sessions_dir})")
+    for row in rows:  # whole, on lines of their own, so they can be copied
+        if row["url"]:
+            out.print(f"{row['name']}: {row['url']}", soft_wrap=True, highlight=False)
     daemon = _daemon_state(store)
     if not daemon["running"]:
         err.print("[yellow]the daemon is not running[/yellow] (start it: nbtether run)")

@@ -140,3 +140,25 @@ def test_token_never_leaks(daemon: Daemon) -> None:
     for path in daemon.state.rglob("*"):
         if path.is_file():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_status_logs_and_open(daemon: Daemon, tmp_path: Path) -> None:
+    """The table shows the URL, `logs` prints Jupyter's log without the token, `open` opens it."""
+    port = free_port()
+    daemon.drop("viewer", session_yaml(port))
+    row = daemon.wait_phase("viewer", "ready", timeout=120)
+    table = daemon.nbtether("status", check=True).stdout
+    assert "viewer" in table and "ready" in table
+    assert f"viewer: {row['url']}\n" in table
+
+    logs = daemon.nbtether("logs", "viewer", check=True).stdout
+    assert "Jupyter Server" in logs and token_of(row) not in logs
+
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser"
+    browser.write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
+    browser.chmod(0o755)
+    daemon.env["BROWSER"] = str(browser)  # webbrowser runs $BROWSER: a stand-in browser
+    daemon.nbtether("open", "viewer", check=True)
+    assert opened.read_text().strip() == row["url"]
+    assert daemon.nbtether("open", "nosuchsession").returncode == 1
