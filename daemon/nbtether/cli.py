@@ -30,8 +30,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=True,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # messages name paths: never break them
+err = Console(stderr=True, soft_wrap=True)
 
 
 class _Options:
