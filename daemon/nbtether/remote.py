@@ -162,7 +162,10 @@ class SshLink:
             self._up.set()
             log.info("ssh connected", cluster=self.name)
             try:
-                await self._on_up(conn)
+                try:
+                    await self._on_up(conn)
+                except Exception:  # a bug in a handler must not end the supervision
+                    log.exception("connection handler failed", cluster=self.name)
                 self._on_change()
                 await conn.wait_closed()
             finally:
