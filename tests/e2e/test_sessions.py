@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -153,6 +158,22 @@ def test_status_logs_and_open(daemon: Daemon, tmp_path: Path) -> None:
 
     logs = daemon.nbtether("logs", "viewer", check=True).stdout
     assert "Jupyter Server" in logs and token_of(row) not in logs
+    with subprocess.Popen([sys.executable, "-m", "nbtether", "logs", "viewer", "-f"],
+                          stdout=subprocess.PIPE, text=True, env=daemon.env) as follower:
+        assert follower.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout],
+                         daemon=True).start()
+        lines.get(timeout=30)  # the existing log: it is being followed now
+        assert http_status(f"http://127.0.0.1:{port}/api/nosuchthing", token_of(row)) == 404
+
+        def logged_404() -> bool:
+            with contextlib.suppress(queue.Empty):
+                return "nosuchthing" in lines.get(timeout=1)
+            return False
+
+        wait_for(logged_404, timeout=30, interval=0, message="the 404 in the followed log")
+        follower.terminate()
 
     opened = tmp_path / "opened.txt"
     browser = tmp_path / "browser"
