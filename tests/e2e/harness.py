@@ -58,6 +58,11 @@ def http_status(url: str, token: str | None = None, timeout: float = 5.0) -> int
         return 0
 
 
+def token_of(row: dict[str, Any]) -> str:
+    """The token in a status row's URL."""
+    return str(row["url"]).split("token=", 1)[1]
+
+
 def listening_addresses(port: int) -> set[str]:
     """Local addresses on which a TCP socket listens on `port`."""
     out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,

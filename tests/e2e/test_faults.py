@@ -12,16 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import STATE_DIR, Cluster, start_cluster, wait_for
-from tests.e2e.harness import Daemon, free_port, http_status, session_yaml
+from tests.e2e.harness import Daemon, free_port, http_status, session_yaml, token_of
 
 pytestmark = pytest.mark.e2e
 
 SLURMCTLD_PID = STATE_DIR / "slurm" / "slurmctld.pid"
 SSHD_PID = STATE_DIR / "sshd" / "sshd.pid"
-
-
-def token_of(row: dict[str, object]) -> str:
-    return str(row["url"]).split("token=", 1)[1]
 
 
 def sacct_jobs(cluster: Cluster, daemon: Daemon, session: str) -> list[tuple[str, str]]:

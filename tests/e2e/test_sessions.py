@@ -13,14 +13,16 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import wait_for
-from tests.e2e.harness import Daemon, free_port, http_status, listening_addresses, session_yaml
+from tests.e2e.harness import (
+    Daemon,
+    free_port,
+    http_status,
+    listening_addresses,
+    session_yaml,
+    token_of,
+)
 
 pytestmark = pytest.mark.e2e
-
-
-def token_of(row: dict[str, object]) -> str:
-    url = str(row["url"])
-    return url.split("token=", 1)[1]
 
 
 def test_drop_serves_the_notebook_and_delete_cancels_it(daemon: Daemon) -> None:
