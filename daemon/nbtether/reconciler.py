@@ -238,8 +238,9 @@ class Reconciler:
         ):
             log.info("session changed", session=after.name, phase=after.phase,
                      message=after.message, job_id=after.job_id)
+        if after != before or after.name not in self.records:  # most passes change nothing
+            self.store.save(after)
         self.records[after.name] = after
-        self.store.save(after)
         if self._on_phase is not None and before.phase != after.phase:
             self._on_phase(before.phase, after)
 
