@@ -194,6 +194,7 @@ class BenchDaemon(Daemon):
     def __init__(self, cluster: Cluster, label: str) -> None:
         """A daemon (not started yet) with its directories under a new temporary one."""
         self.tmp = Path(tempfile.mkdtemp(prefix=f"nbtether-bench-{label}-"))
+        self.ports: set[int] = set()
         super().__init__(self.tmp, cluster)
 
     @property
@@ -247,8 +248,10 @@ class BenchDaemon(Daemon):
             raise TimeoutError(f"{exc}; phases: {phases}") from exc
 
     def drop_session(self, name: str, **options: str) -> int:
-        """Write a session file on a free local port; returns the port."""
-        port = free_port()
+        """Write a session file on a free local port that no other session of this daemon
+        was given (the kernel may offer the same free port twice); returns the port."""
+        port = next(p for p in (free_port() for _ in range(100)) if p not in self.ports)
+        self.ports.add(port)
         self.drop(name, session_text(port, **options))
         return port
 
