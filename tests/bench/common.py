@@ -21,28 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster import Cluster, wait_for
-from tests.e2e.harness import Daemon, free_port
+from tests.e2e.harness import Daemon, free_port, session_yaml
 
 LOCK = Path("/tmp/nbtether-bench.lock")
 LOCK_WAIT = 3600.0  # give up waiting for other test runs after an hour
 LOCK_POLL = 5.0
 LOGS = Path("/tmp/nbtether-bench-logs")  # each daemon's log is kept here for post-mortems
-
-SESSION = """\
-cluster: testbed
-local_port: {port}
-resources:
-  partition: cpu
-  cpus: 1
-  mem: {mem}
-  time: "{time}"
-environment:
-  modules: [python/3.11.6-gcc-13.2.0]
-  venv: ~/jupyter_env
-restart:
-  handover: {handover}
-"""
-
 
 def say(message: str) -> None:
     """Progress on stderr (the results table goes to stdout)."""
@@ -51,7 +35,7 @@ def say(message: str) -> None:
 
 def session_text(port: int, time: str = "00:30:00", handover: str = "0s", mem: str = "300M") -> str:
     """A session file for the testbed cluster with one CPU."""
-    return SESSION.format(port=port, time=time, handover=handover, mem=mem)
+    return session_yaml(port, time=time, handover=handover, mem=mem)
 
 
 # --- the lock that keeps the lead's e2e runs and the benchmarks apart -------------------

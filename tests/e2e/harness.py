@@ -21,7 +21,7 @@ local_port: {port}
 resources:
   partition: cpu
   cpus: 1
-  mem: 400M
+  mem: {mem}
   time: "{time}"
 environment:
   modules: [python/3.11.6-gcc-13.2.0]
@@ -31,9 +31,11 @@ restart:
 """
 
 
-def session_yaml(port: int, time: str = "00:15:00", handover: str = "0s", extra: str = "") -> str:
+def session_yaml(
+    port: int, time: str = "00:15:00", handover: str = "0s", mem: str = "400M", extra: str = ""
+) -> str:
     """A session file for the testbed cluster, as the tutorial would have it."""
-    return SESSION.format(port=port, time=time, handover=handover) + extra
+    return SESSION.format(port=port, time=time, handover=handover, mem=mem) + extra
 
 
 def free_port() -> int:
