@@ -97,9 +97,11 @@ def main() -> int:
     if "rpcs" in groups:
         results += guarded("rpcs", lambda: rpcs_group(cluster))
     report.print_results(results)
+    say(f"measured in {(time.monotonic() - started) / 60:.0f} minutes")
     if not args.no_docs:
-        page = report.write_page(results, time.monotonic() - started, COMMAND)
-        say(f"wrote {page}")
+        failed = [r for r in results if not r.number]
+        stored = report.save_results(results)
+        say(f"wrote {report.write_page(stored, failed, COMMAND)}")
     return 0 if all(row.met is not False for r in results for row in r.rows) else 1
 
 

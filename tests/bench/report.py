@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from tests.bench.common import FigureResult, Row, percentile
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PAGE = DOCS / "benchmarks.md"
+STORE = DOCS / "benchmarks.json"  # the latest measurement of each figure
 KEEP_MARKER = "<!-- Written by hand below this line; `python -m tests.bench` keeps it. -->"
 MET = {True: "met", False: "NOT MET", None: ""}
 
@@ -226,22 +229,48 @@ def _kept_part() -> str:
     return text[text.index(KEEP_MARKER):] if KEEP_MARKER in text else KEEP_MARKER + "\n"
 
 
-def write_page(results: list[FigureResult], seconds: float, command: str) -> Path:
-    """Write docs/benchmarks.md and the plots."""
+def save_results(results: list[FigureResult]) -> list[FigureResult]:
+    """Store this run's figures in docs/benchmarks.json (replacing earlier measurements of
+    the same figures, so that `--only GROUP` re-measures just those) and return every
+    stored figure. Failed groups (number 0) are not stored."""
+    stored: dict[str, Any] = {}
+    if STORE.exists():
+        stored = json.loads(STORE.read_text(encoding="utf-8"))
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    for result in results:
+        if result.number:
+            stored[str(result.number)] = {**asdict(result), "measured": when}
+    STORE.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return [_figure(entry) for _, entry in sorted(stored.items(), key=lambda kv: int(kv[0]))]
+
+
+def _figure(entry: dict[str, Any]) -> FigureResult:
+    """A stored figure, with the time it was measured as its first note."""
+    rows = [Row(**row) for row in entry["rows"]]
+    notes = [f"Measured {entry['measured']}.", *entry["notes"]]
+    return FigureResult(entry["number"], entry["title"], rows, entry["data"], notes,
+                        entry["plot"])
+
+
+def write_page(results: list[FigureResult], failed: list[FigureResult], command: str) -> Path:
+    """Write docs/benchmarks.md and the plots from the stored figures (and this run's
+    failures, if any)."""
     DOCS.mkdir(exist_ok=True)
     for result in results:
         if result.number in PLOTS and result.plot:
             PLOTS[result.number](result)
-    rows = [row for result in sorted(results, key=lambda r: r.number) for row in result.rows]
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [row for result in [*results, *failed] for row in result.rows]
     parts = [
         "# Benchmarks",
         "",
-        f"Measured by `{command}` (as root, from the repository root; it starts the "
-        f"mini-cluster with `tests/cluster/start.sh` first) on {when}, in "
-        f"{seconds / 60:.0f} minutes. Every figure compares two things measured in the "
-        "same run (a ratio or a difference), never absolute numbers across runs: the "
-        "mini-cluster shares two cores with everything else. Traffic stays on 127.0.0.0/8.",
+        f"Measured by `{command}` (as root, from the repository root, with "
+        "`pip install -e '.[bench]'`; it starts the mini-cluster with "
+        "`tests/cluster/start.sh` first and takes about 16 minutes). `--only GROUP,…` "
+        "re-measures some figures (groups: tunnel = 1, 2, 7; readiness = 3; walltime = 4; "
+        "rpcs = 5, 6) and keeps the others from docs/benchmarks.json; each section says "
+        "when it was measured. Every figure compares two things measured in the same run "
+        "(a ratio or a difference), never absolute numbers across runs: the mini-cluster "
+        "shares two cores with everything else. Traffic stays on 127.0.0.0/8.",
         "",
         "## Machine",
         "",
@@ -254,11 +283,11 @@ def write_page(results: list[FigureResult], seconds: float, command: str) -> Pat
         markdown_table(rows),
         "",
     ]
-    for result in sorted(results, key=lambda r: r.number):
+    for result in results:
         parts += [f"## {result.number}. {result.title}", "", EXPLAIN.get(result.number, ""), ""]
-        parts += [f"- {note}" for note in result.notes]
+        parts += [*(f"- {note}" for note in result.notes), ""]
         if result.plot and result.number in PLOTS:
-            parts += ["", f"![{result.title}]({result.plot})", ""]
+            parts += [f"![{result.title}]({result.plot})", ""]
     parts.append(_kept_part())
     PAGE.write_text("\n".join(parts), encoding="utf-8")
     return PAGE
