@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from nbtether.backend import Backend
+from nbtether.backends import Backend
+from nbtether.backends.local import LocalBackend
+from nbtether.backends.slurm import SlurmBackend
 from nbtether.config import Settings
 from nbtether.desktop import DesktopNotifier
-from nbtether.hpc import SlurmBackend
-from nbtether.local import LocalBackend
 from nbtether.reconciler import Reconciler
 from nbtether.sdnotify import Notifier
 from nbtether.state import StateStore

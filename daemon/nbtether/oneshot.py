@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from nbtether.backend import Backend
+from nbtether.backends import Backend
+from nbtether.backends.local import LocalBackend
+from nbtether.backends.slurm import SlurmBackend
 from nbtether.config import Settings
-from nbtether.hpc import SlurmBackend
-from nbtether.local import LocalBackend
 from nbtether.state import Record, StateStore
 
 CONNECT_TIMEOUT = 30.0

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from nbtether import slurm
-from nbtether.slurm import JobInfo, JobState
+from nbtether.jobs import INTERRUPTED, Endpoint, JobInfo, JobState
 from nbtether.spec import InvalidSpec, SessionSpec, Spec
-from nbtether.state import Endpoint, Record
+from nbtether.state import Record
 
 RECHECK = 30.0  # seconds between looks at a session that waits on nothing in particular
 PROBE_AGAIN = 0.5  # the notebook was announced but does not answer yet
@@ -219,7 +218,7 @@ def _after_end(
         return out
     policy = spec.restart.policy
     out.actions.append(Route(None))
-    if state in slurm.INTERRUPTED or state == "GONE":
+    if state in INTERRUPTED or state == "GONE":
         if policy == "never":
             return _give_up(out, record, attempt_key(spec, seen),
                             f"job ended ({said}); restart policy is never")

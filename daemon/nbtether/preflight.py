@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import asyncssh
 
-from nbtether import slurm
+from nbtether.backends import slurm_text as slurm
 from nbtether.config import ClusterConfig, Settings
 from nbtether.errors import (
     AuthError,

@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from nbtether.backend import Backend, Streams
+from nbtether.backends import Backend, Streams
 from nbtether.config import Settings
 from nbtether.errors import NbtetherError, PermanentError, SubmissionRejected
+from nbtether.jobs import Endpoint
 from nbtether.plan import (
     Cancel,
     Forget,
@@ -28,7 +29,7 @@ from nbtether.plan import (
     plan,
 )
 from nbtether.spec import SUFFIXES, SessionSpec, Spec, load_sessions
-from nbtether.state import Endpoint, Record, StateStore
+from nbtether.state import Record, StateStore
 from nbtether.tunnel import Tunnel, probe
 
 log = structlog.get_logger(__name__)

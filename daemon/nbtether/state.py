@@ -15,19 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from nbtether.errors import AlreadyRunning
+from nbtether.jobs import Endpoint
 
 Phase = Literal["pending", "starting", "ready", "handover", "stopping", "failed", "invalid"]
 APP_PATHS = {"lab": "lab", "notebook": "tree", "server": ""}
-
-
-class Endpoint(BaseModel):
-    """Where a job's Jupyter listens, as the node sees it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    node: str
-    address: str
-    port: int
 
 
 class Record(BaseModel):

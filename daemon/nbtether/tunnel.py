@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from nbtether.state import Endpoint
+from nbtether.jobs import Endpoint
 
 log = structlog.get_logger(__name__)
 

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from nbtether import slurm
+from nbtether.backends import slurm_text as slurm
 from nbtether.spec import SessionSpec, parse_session
 from tests.bench.common import (
     BenchDaemon,

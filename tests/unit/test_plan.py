@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from nbtether.jobs import Endpoint, JobInfo
 from nbtether.plan import Cancel, Forget, Listen, Route, Seen, Submit, Unlisten, plan
-from nbtether.slurm import JobInfo
 from nbtether.spec import InvalidSpec, SessionSpec
-from nbtether.state import Endpoint, Record
+from nbtether.state import Record
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 EP = Endpoint(node="c1", address="127.0.0.2", port=40000)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nbtether import slurm
-from nbtether.slurm import JobState
+from nbtether.backends import slurm_text as slurm
+from nbtether.jobs import JobInfo, JobState
 from nbtether.spec import SessionSpec
 
 CAPTURED = Path(__file__).parent / "captured"
@@ -92,7 +92,7 @@ def test_job_names_identify_daemon_and_session() -> None:
 ])
 def test_states_are_classified(state: str, kind: JobState) -> None:
     """Every SLURM state maps to what the daemon does; unknown ones are UNKNOWN."""
-    assert slurm.JobInfo(job_id="1", name="x", state=state).kind is kind
+    assert JobInfo(job_id="1", name="x", state=state).kind is kind
 
 
 def test_parse_sbatch() -> None:

@@ -18,14 +18,12 @@ from typing import Any
 import asyncssh
 import structlog
 
-from nbtether import slurm
-from nbtether.backend import Streams, unknown
+from nbtether.backends import Streams, slurm_text
 from nbtether.config import ClusterConfig
 from nbtether.errors import ClusterUnreachable, NbtetherError, SubmissionRejected
+from nbtether.jobs import Endpoint, JobInfo, JobState, unknown
 from nbtether.remote import SshLink, bash
-from nbtether.slurm import JobInfo, JobState
 from nbtether.spec import SessionSpec
-from nbtether.state import Endpoint
 
 log = structlog.get_logger(__name__)
 
@@ -109,7 +107,7 @@ class SlurmBackend:
         await self.poll()
 
     async def _watch(self) -> None:
-        script = _WATCH.format(run=shlex.quote(slurm.run_dir(self.instance)),
+        script = _WATCH.format(run=shlex.quote(slurm_text.run_dir(self.instance)),
                                interval=self._watch_interval)
         try:
             await self.link.stream_lines(bash(script), self._on_announcement)
@@ -117,7 +115,7 @@ class SlurmBackend:
             log.info("job watcher stopped", cluster=self.name, error=str(exc))
 
     def _on_announcement(self, line: str) -> None:
-        parsed = slurm.parse_announcement(line)
+        parsed = slurm_text.parse_announcement(line)
         if parsed is None:
             return
         job_id, run, kind, fields = parsed
@@ -159,7 +157,7 @@ class SlurmBackend:
         sessions = set()
         for job_id in job_ids:
             job = self._jobs.get(job_id)
-            session = slurm.session_of(job.name, self.instance) if job else None
+            session = slurm_text.session_of(job.name, self.instance) if job else None
             if session:
                 sessions.add(session)
         return sessions
@@ -169,7 +167,7 @@ class SlurmBackend:
         async with self._poll_lock:
             started = datetime.now(UTC)
             try:
-                result = await self.link.run(slurm.SQUEUE_COMMAND)
+                result = await self.link.run(slurm_text.SQUEUE_COMMAND)
             except ClusterUnreachable as exc:
                 log.info("squeue skipped", cluster=self.name, error=str(exc))
                 return
@@ -181,8 +179,8 @@ class SlurmBackend:
                 self._slurm_error = None
                 self._jobs = {
                     job.job_id: job
-                    for job in slurm.parse_squeue(_text(result.stdout), started)
-                    if slurm.session_of(job.name, self.instance) is not None
+                    for job in slurm_text.parse_squeue(_text(result.stdout), started)
+                    if slurm_text.session_of(job.name, self.instance) is not None
                 }
                 self._polled_at = started
                 self._forget_stale_endpoints(started)
@@ -218,13 +216,13 @@ class SlurmBackend:
 
     async def _sacct(self, job_id: str) -> JobInfo | None:
         try:
-            result = await self.link.run(slurm.sacct_command([job_id]))
+            result = await self.link.run(slurm_text.sacct_command([job_id]))
         except ClusterUnreachable as exc:
             return unknown(job_id, str(exc))
         self.rpc_count += 1
         if result.exit_status != 0:
             return unknown(job_id, f"sacct failed: {_text(result.stderr).strip()}")
-        for job in slurm.parse_sacct(_text(result.stdout)):
+        for job in slurm_text.parse_sacct(_text(result.stdout)):
             if job.job_id == job_id:
                 if job.kind is JobState.ENDED:
                     self._finished[job_id] = job
@@ -240,25 +238,27 @@ class SlurmBackend:
         """Jobs of this daemon for `session` that are queued or running."""
         return [
             job for job in self._jobs.values()
-            if slurm.session_of(job.name, self.instance) == session
+            if slurm_text.session_of(job.name, self.instance) == session
             and job.kind not in (JobState.ENDED, JobState.UNKNOWN)
         ]
 
     async def submit(self, session: str, spec: SessionSpec, token: str) -> str:
         """Store the token (0600, through stdin) and submit the batch script (through stdin)."""
-        prepared = await self.link.run(slurm.prepare_command(self.instance, session), stdin=token)
+        prepare = slurm_text.prepare_command(self.instance, session)
+        prepared = await self.link.run(prepare, stdin=token)
         if prepared.exit_status != 0:
-            raise ClusterUnreachable(f"cannot prepare {slurm.remote_dir(self.instance)}: "
+            raise ClusterUnreachable(f"cannot prepare {slurm_text.remote_dir(self.instance)}: "
                                      f"{_text(prepared.stderr).strip()}")
-        script = slurm.render_script(spec, instance=self.instance, session=session)
-        result = await self.link.run(slurm.SBATCH_COMMAND, stdin=script, timeout=SBATCH_TIMEOUT)
+        script = slurm_text.render_script(spec, instance=self.instance, session=session)
+        result = await self.link.run(slurm_text.SBATCH_COMMAND, stdin=script,
+                                     timeout=SBATCH_TIMEOUT)
         self.rpc_count += 1
         if result.exit_status != 0:
-            message = slurm.sbatch_error(_text(result.stderr))
-            if slurm.CONTROLLER_DOWN.search(message):
+            message = slurm_text.sbatch_error(_text(result.stderr))
+            if slurm_text.CONTROLLER_DOWN.search(message):
                 raise ClusterUnreachable(message)
             raise SubmissionRejected(message)
-        job_id = slurm.parse_sbatch(_text(result.stdout))
+        job_id = slurm_text.parse_sbatch(_text(result.stdout))
         log.info("job submitted", cluster=self.name, session=session, job_id=job_id)
         self.look_soon(SUBMIT_LOOK_DELAY)
         return job_id
@@ -267,9 +267,9 @@ class SlurmBackend:
         """scancel, and drop the jobs' announcements."""
         if not job_ids:
             return
-        result = await self.link.run(slurm.scancel_command(self.instance, job_ids))
+        result = await self.link.run(slurm_text.scancel_command(self.instance, job_ids))
         self.rpc_count += 1
-        if result.exit_status != 0 and slurm.CONTROLLER_DOWN.search(_text(result.stderr)):
+        if result.exit_status != 0 and slurm_text.CONTROLLER_DOWN.search(_text(result.stderr)):
             raise ClusterUnreachable(_text(result.stderr).strip())
         for job_id in job_ids:
             self._endpoints.pop(job_id, None)
@@ -290,7 +290,7 @@ class SlurmBackend:
 
     async def release(self, session: str) -> None:
         """Remove the session's token file from the cluster."""
-        token = shlex.quote(slurm.token_path(self.instance, session))
+        token = shlex.quote(slurm_text.token_path(self.instance, session))
         await self.link.run(f"rm -f {token}")
 
     async def open_connection(self, host: str, port: int) -> Streams:
@@ -299,7 +299,7 @@ class SlurmBackend:
 
     async def output(self, session: str, job_id: str, follow: bool) -> AsyncIterator[str]:
         """The job's output file, optionally followed."""
-        path = shlex.quote(slurm.output_path(self.instance, session, job_id))
+        path = shlex.quote(slurm_text.output_path(self.instance, session, job_id))
         command = f"tail -n +1 {'-F' if follow else ''} {path}"
         queue: asyncio.Queue[str | None] = asyncio.Queue()
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import structlog
 
-from nbtether.backend import Streams
+from nbtether.backends import Streams
 from nbtether.errors import NbtetherError, SubmissionRejected
-from nbtether.slurm import JobInfo
+from nbtether.jobs import Endpoint, JobInfo
 from nbtether.spec import SessionSpec
-from nbtether.state import Endpoint
 
 log = structlog.get_logger(__name__)
 

@@ -1,4 +1,8 @@
-"""The boundary between the reconciler and the places notebooks run (SLURM over SSH, local)."""
+"""Where notebooks run: the `Backend` protocol between the reconciler and each kind of cluster.
+
+`slurm` (SLURM over SSH, its text in `slurm_text`) and `local` (processes on this machine)
+implement it.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,10 @@ from datetime import datetime
 from typing import Protocol
 
 from nbtether.errors import NbtetherError
-from nbtether.slurm import JobInfo
+from nbtether.jobs import Endpoint, JobInfo
 from nbtether.spec import SessionSpec
-from nbtether.state import Endpoint
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-def unknown(job_id: str, why: str) -> JobInfo:
-    """A job whose state cannot be known right now: keep watching, never treat as ended."""
-    return JobInfo(job_id=job_id, name="", state="UNKNOWN", reason=why)
 
 
 class Backend(Protocol):

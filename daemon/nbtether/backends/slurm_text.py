@@ -1,49 +1,17 @@
-"""Everything SLURM-specific: the batch script, the commands, and parsing their output. No I/O.
-
-Job states follow squeue(1) "JOB STATE CODES"; a state this module does not know is
-UNKNOWN (keep watching), never ended.
-"""
+"""Everything SLURM-specific: the batch script, the commands, and parsing their output. No I/O."""
 
 from __future__ import annotations
 
-import enum
 import re
 import shlex
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from nbtether.jobs import JobInfo
 from nbtether.spec import SessionSpec, format_walltime
 
 JOB_PREFIX = "nbtether-"
 REMOTE_ROOT = ".nbtether"  # under the user's home on the cluster
 
-
-class JobState(enum.Enum):
-    """What a SLURM state means for the daemon."""
-
-    WAITING = "waiting"
-    RUNNING = "running"
-    ENDING = "ending"
-    PAUSED = "paused"
-    ENDED = "ended"
-    HELD = "held"
-    UNKNOWN = "unknown"
-
-
-_STATES = {
-    JobState.WAITING: {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD",
-                       "RESIZING", "SIGNALING"},
-    JobState.RUNNING: {"RUNNING"},
-    JobState.ENDING: {"COMPLETING", "STAGE_OUT"},
-    JobState.PAUSED: {"SUSPENDED", "STOPPED"},
-    JobState.ENDED: {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
-                     "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED"},
-    JobState.HELD: {"SPECIAL_EXIT", "RESV_DEL_HOLD"},
-}
-STATE_CLASSES = {state: cls for cls, states in _STATES.items() for state in states}
-
-# Ends that are nobody's fault: resubmitted under `always` and `on-timeout`.
-INTERRUPTED = {"TIMEOUT", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL"}
 
 # Messages of SLURM clients that mean "the controller is not answering", not "no such job".
 CONTROLLER_DOWN = re.compile(
@@ -51,28 +19,6 @@ CONTROLLER_DOWN = re.compile(
     r"|Zero Bytes were transmitted|Rate limit exceeded|temporarily unable",
     re.IGNORECASE,
 )
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """One job as squeue or sacct reports it."""
-
-    job_id: str
-    name: str
-    state: str  # SLURM's own word, e.g. "PENDING" or "CANCELLED by 1001"
-    reason: str = ""
-    node: str | None = None
-    ends_at: datetime | None = None  # when the walltime runs out, if running
-
-    @property
-    def base_state(self) -> str:
-        """The state without sacct's suffixes (`CANCELLED by 1001` → `CANCELLED`)."""
-        return self.state.split(" ", 1)[0].rstrip("+")
-
-    @property
-    def kind(self) -> JobState:
-        """How the daemon treats this state."""
-        return STATE_CLASSES.get(self.base_state, JobState.UNKNOWN)
 
 
 def job_name(instance: str, session: str) -> str:
