@@ -13,8 +13,8 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from nbtether.backends import Backend
-from nbtether.backends.local import LocalBackend
-from nbtether.backends.slurm import SlurmBackend
+from nbtether.backends.batch import BatchBackend
+from nbtether.backends.kinds import make_backend
 from nbtether.config import Settings
 from nbtether.desktop import DesktopNotifier
 from nbtether.reconciler import Reconciler
@@ -54,10 +54,7 @@ class Daemon:
             def wake(sessions: set[str] | None, cluster: str = name) -> None:
                 self._wake_cluster(cluster, sessions)
 
-            if config.kind == "local":
-                backends[name] = LocalBackend(name, self.store.root / "local", wake)
-            else:
-                backends[name] = SlurmBackend(name, config, instance, wake)
+            backends[name] = make_backend(name, config, instance, self.store.root, wake)
         return backends
 
     async def _reconcile(self, name: str) -> float | None:
@@ -94,7 +91,7 @@ class Daemon:
         scheduler = AsyncIOScheduler()
         for backend in self.backends.values():
             backend.start()
-            if isinstance(backend, SlurmBackend):
+            if isinstance(backend, BatchBackend):
                 scheduler.add_job(backend.poll, "interval", seconds=backend.config.poll_interval)
         scheduler.add_job(self._resync, "interval", seconds=RESYNC_SECONDS)
         scheduler.add_job(self._heartbeat, "interval", seconds=5)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from nbtether.backends import Backend
-from nbtether.backends.local import LocalBackend
-from nbtether.backends.slurm import SlurmBackend
+from nbtether.backends.batch import BatchBackend
+from nbtether.backends.kinds import make_backend
 from nbtether.config import Settings
 from nbtether.state import Record, StateStore
 
@@ -12,12 +12,12 @@ CONNECT_TIMEOUT = 30.0
 
 
 async def connect(config: Settings, cluster: str) -> Backend:
-    """A started backend for one cluster, connected (SLURM) or ready (local)."""
+    """A started backend for one cluster, connected (batch schedulers) or ready (local)."""
     store = StateStore(config.state_dir)
-    settings = config.clusters[cluster]
-    if settings.kind == "local":
-        return LocalBackend(cluster, store.root / "local", lambda _: None)
-    backend = SlurmBackend(cluster, settings, store.instance_id(), lambda _: None)
+    backend = make_backend(cluster, config.clusters[cluster], store.instance_id(), store.root,
+                           lambda _: None)
+    if not isinstance(backend, BatchBackend):
+        return backend
     backend.link.start()
     if not await backend.link.wait_up(CONNECT_TIMEOUT):
         await backend.stop()

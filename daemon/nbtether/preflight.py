@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import asyncssh
 
+from nbtether.backends import rendezvous
 from nbtether.backends import slurm_text as slurm
 from nbtether.config import ClusterConfig, Settings
 from nbtether.errors import (
@@ -254,7 +255,7 @@ async def _test_only(link: SshLink, name: str, spec: SessionSpec, instance: str)
     script = slurm.render_script(spec, instance=instance, session=name)
     code, _, err = await _run(link, "sbatch --test-only", stdin=script, timeout=SBATCH_TIMEOUT)
     if code != 0:
-        message = slurm.sbatch_error(err)
+        message = slurm.submit_error(err)
         lowered = message.lower()
         hint = next((h for key, h in _SBATCH_HINTS if key in lowered),
                     "fix the session's resources; SLURM's message says which")
@@ -277,9 +278,9 @@ def _activation(spec: SessionSpec, *, venv: bool = True) -> list[str]:
             f"*) echo module {word}; exit {ENV_MODULE} ;; esac",
         ]
     if env.conda:
-        lines.append(f"conda activate {slurm.shell_path(env.conda)} || exit {ENV_CONDA}")
+        lines.append(f"conda activate {rendezvous.shell_path(env.conda)} || exit {ENV_CONDA}")
     if env.venv and venv:
-        activate = f"{slurm.shell_path(env.venv)}/bin/activate"
+        activate = f"{rendezvous.shell_path(env.venv)}/bin/activate"
         lines += [f"[ -f {activate} ] || exit {ENV_VENV}", f"source {activate}"]
     return lines
 
@@ -336,7 +337,7 @@ async def _install(link: SshLink, spec: SessionSpec, failed: Check) -> Check:
                      f"install jupyterlab yourself: {what}")
     if not failed.installable:
         return Check("install", "skip", "--install cannot fix this: see the environment check")
-    venv = slurm.shell_path(env.venv)
+    venv = rendezvous.shell_path(env.venv)
     steps = _activation(spec, venv=False)
     steps += [f"python3 -m venv {venv}",
               f"{venv}/bin/python -m pip install --quiet --disable-pip-version-check jupyterlab"]

@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from nbtether.backends import rendezvous
 from nbtether.backends import slurm_text as slurm
 from nbtether.spec import SessionSpec, parse_session
 from tests.bench.common import (
@@ -120,15 +121,15 @@ class ManualCycle:
     def submit(self) -> str:
         """sbatch the same batch script nbtether would write (token in a 0600 file)."""
         if not self.jobs:
-            self._ssh(slurm.prepare_command(self.instance, self.session), stdin=self.token)
+            self._ssh(rendezvous.prepare_command(self.instance, self.session), stdin=self.token)
         script = slurm.render_script(self.spec, instance=self.instance, session=self.session)
-        job_id = slurm.parse_sbatch(self._ssh(slurm.SBATCH_COMMAND, stdin=script))
+        job_id = slurm.parse_submit(self._ssh(slurm.SUBMIT_COMMAND, stdin=script))
         self.jobs.append(job_id)
         return job_id
 
     def wait_address(self, job_id: str) -> Target:
         """Look for the job's node/port file every FILE_EVERY s."""
-        path = f"{slurm.run_dir(self.instance)}/{job_id}-0.ready"
+        path = f"{rendezvous.run_dir(self.instance)}/{job_id}-0.ready"
 
         def read() -> list[str] | None:
             """The file's words (node, address, port), or None before it exists."""
@@ -184,7 +185,7 @@ class ManualCycle:
         self.close()
         if self.jobs:
             self.cluster.ssh("scancel " + " ".join(self.jobs), check=False)
-        self.cluster.ssh(f"rm -rf ~/{slurm.remote_dir(self.instance)}", check=False)
+        self.cluster.ssh(f"rm -rf ~/{rendezvous.remote_dir(self.instance)}", check=False)
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nbtether.backends import rendezvous
 from nbtether.backends import slurm_text as slurm
 from nbtether.jobs import JobInfo, JobState
 from nbtether.spec import SessionSpec
@@ -71,16 +72,16 @@ def test_address_prefix_selects_an_interface() -> None:
 
 def test_token_file_is_written_from_stdin_with_umask() -> None:
     """The prepare command creates 0600 files from stdin: the token is not in argv."""
-    command = slurm.prepare_command("abcd1234", "analysis")
+    command = rendezvous.prepare_command("abcd1234", "analysis")
     assert command.startswith("umask 077 && ")
     assert "cat > .nbtether/abcd1234/analysis/token.new" in command
 
 
 def test_job_names_identify_daemon_and_session() -> None:
     """A job name maps back to its session only for the daemon instance that made it."""
-    name = slurm.job_name("abcd1234", "analysis")
-    assert slurm.session_of(name, "abcd1234") == "analysis"
-    assert slurm.session_of(name, "ffff0000") is None
+    name = rendezvous.job_name("abcd1234", "analysis")
+    assert rendezvous.session_of(name, "abcd1234") == "analysis"
+    assert rendezvous.session_of(name, "ffff0000") is None
 
 
 @pytest.mark.parametrize(("state", "kind"), [
@@ -97,10 +98,10 @@ def test_states_are_classified(state: str, kind: JobState) -> None:
 
 def test_parse_sbatch() -> None:
     """`sbatch --parsable` prints `id` or `id;cluster`."""
-    assert slurm.parse_sbatch("42\n") == "42"
-    assert slurm.parse_sbatch("42;cluster\n") == "42"
+    assert slurm.parse_submit("42\n") == "42"
+    assert slurm.parse_submit("42;cluster\n") == "42"
     with pytest.raises(ValueError):
-        slurm.parse_sbatch("Submitted batch job 42")
+        slurm.parse_submit("Submitted batch job 42")
 
 
 def test_parse_time_left() -> None:
@@ -113,14 +114,16 @@ def test_parse_time_left() -> None:
 
 def test_job_ids_are_checked_before_reaching_a_command() -> None:
     """Only numeric job ids reach scancel and sacct."""
-    with pytest.raises(ValueError):
-        slurm.scancel_command("abcd1234", ["1; rm -rf ~"])
+    for command in (slurm.cancel_command, slurm.final_command,
+                    lambda ids: rendezvous.forget_command("abcd1234", ids)):
+        with pytest.raises(ValueError):
+            command(["1; rm -rf ~"])
 
 
 def test_parse_squeue_on_captured_output() -> None:
     """Real `squeue --me --states=all` output: states, reasons, nodes and end times."""
     jobs = {job.job_id: job for job in
-            slurm.parse_squeue((CAPTURED / "squeue.txt").read_text(), NOW)}
+            slurm.parse_poll((CAPTURED / "squeue.txt").read_text(), NOW)}
     assert jobs["13"].state == "RUNNING" and jobs["13"].node == "c1"
     assert jobs["13"].ends_at == NOW + timedelta(minutes=4, seconds=56)
     assert jobs["14"].kind is JobState.WAITING and jobs["14"].reason == "BeginTime"
@@ -132,7 +135,7 @@ def test_parse_squeue_on_captured_output() -> None:
 
 def test_parse_sacct_on_captured_output() -> None:
     """Real `sacct -X -n -P` output, including `CANCELLED by <uid>`."""
-    jobs = {job.job_id: job for job in slurm.parse_sacct((CAPTURED / "sacct.txt").read_text())}
+    jobs = {job.job_id: job for job in slurm.parse_final((CAPTURED / "sacct.txt").read_text())}
     assert jobs["6"].state == "CANCELLED by 1001" and jobs["6"].base_state == "CANCELLED"
     assert jobs["14"].node is None
     assert jobs["16"].kind is JobState.ENDED
@@ -147,12 +150,12 @@ def test_parse_sacct_on_captured_output() -> None:
 ])
 def test_sbatch_errors_keep_slurms_words(file: str, message: str) -> None:
     """A rejection is reported in SLURM's own words, without the `sbatch: error:` prefix."""
-    assert slurm.sbatch_error((CAPTURED / file).read_text()) == message
+    assert slurm.submit_error((CAPTURED / file).read_text()) == message
 
 
 def test_announcements_name_job_and_run() -> None:
     """Watcher lines carry the job id and its run (requeue) number."""
-    assert slurm.parse_announcement("12-1.ready c1 127.0.0.2 4000") == (
+    assert rendezvous.parse_announcement("12-1.ready c1 127.0.0.2 4000") == (
         "12", 1, "ready", ["c1", "127.0.0.2", "4000"])
-    assert slurm.parse_announcement("12-0.end 0") == ("12", 0, "end", ["0"])
-    assert slurm.parse_announcement("garbage") is None
+    assert rendezvous.parse_announcement("12-0.end 0") == ("12", 0, "end", ["0"])
+    assert rendezvous.parse_announcement("garbage") is None

@@ -1,0 +1,343 @@
+"""Batch schedulers over SSH: the I/O every scheduler backend shares.
+
+The scheduler is asked as little as possible: one poll (`squeue`, `qstat`) for all sessions
+per poll interval (30 s or more), the accounting (`sacct`, `qacct`) only for jobs that left
+the poll, and nothing in between. Jobs announce their notebook by writing a file that a
+watcher on the login node reports at once, so readiness costs no scheduler call at all.
+What differs between schedulers is text only: a `Scheduler` (`slurm_text`, `sge_text`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncssh
+import structlog
+
+from nbtether.backends import Streams, rendezvous
+from nbtether.config import ClusterConfig
+from nbtether.errors import ClusterUnreachable, NbtetherError, SubmissionRejected
+from nbtether.jobs import Endpoint, JobInfo, JobState, unknown
+from nbtether.remote import SshLink, bash
+from nbtether.spec import SessionSpec
+
+log = structlog.get_logger(__name__)
+
+SUBMIT_TIMEOUT = 180.0  # sbatch retries busy controllers by itself for about two minutes
+EVENT_REFRESH_GAP = 10.0  # at most one event-driven poll per this many seconds
+SUBMIT_LOOK_DELAY = 3.0  # look at a new job once soon after submitting, for its reason/node
+CANCEL_CONFIRM_TIMEOUT = 60.0
+
+
+class Scheduler(Protocol):
+    """A scheduler's text, without I/O: a module such as `slurm_text` satisfies it."""
+
+    SUBMIT_COMMAND: str  # reads the batch script on stdin, prints the job id
+    POLL_NAME: str  # the poll command's name, for messages: `squeue`
+    POLL_COMMAND: str  # lists the user's jobs, including those that ended recently
+    CONTROLLER_DOWN: re.Pattern[str]  # an error that means "not answering", not "no"
+
+    def render_script(self, spec: SessionSpec, *, instance: str, session: str) -> str:
+        """The batch script for one job of a session."""
+
+    def output_path(self, instance: str, session: str, job_id: str) -> str:
+        """The job's output file, relative to the home directory."""
+
+    def parse_submit(self, stdout: str) -> str:
+        """The job id from SUBMIT_COMMAND's output."""
+
+    def submit_error(self, stderr: str) -> str:
+        """The scheduler's own words for a rejected submission."""
+
+    def parse_poll(self, stdout: str, now: datetime) -> list[JobInfo]:
+        """The jobs in POLL_COMMAND's output, states in SLURM's words."""
+
+    def final_command(self, job_ids: list[str]) -> str:
+        """Asks the accounting for jobs that the poll no longer lists."""
+
+    def parse_final(self, stdout: str) -> list[JobInfo]:
+        """The jobs in final_command's output."""
+
+    def cancel_command(self, job_ids: list[str]) -> str:
+        """Cancels jobs; cancelling a finished job is not an error."""
+
+
+class BatchBackend:
+    """One batch cluster reached over SSH; `scheduler` says how to speak to it."""
+
+    scheduler: Scheduler
+
+    def __init__(
+        self,
+        name: str,
+        config: ClusterConfig,
+        instance: str,
+        on_change: Callable[[set[str] | None], None],
+        watch_interval: float = 0.1,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.instance = instance
+        self._notify = on_change
+        self._watch_interval = watch_interval
+        self.link = SshLink(name, config, self._on_connected, lambda: on_change(None))
+        self._jobs: dict[str, JobInfo] = {}
+        self._finished: dict[str, JobInfo] = {}  # final states from the accounting
+        self._forgotten: set[str] = set()  # jobs neither the poll nor the accounting knows
+        self._polled_at: datetime | None = None
+        self._scheduler_error: str | None = None
+        self._endpoints: dict[str, Endpoint] = {}
+        self._announced_at: dict[str, datetime] = {}
+        self._runs: dict[str, int] = {}  # the latest run (SLURM_RESTART_COUNT) seen per job
+        self._poll_lock = asyncio.Lock()
+        self._last_look = -EVENT_REFRESH_GAP
+        self._look_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.rpc_count = 0
+
+    def start(self) -> None:
+        """Connect in the background."""
+        self.link.start()
+
+    async def stop(self) -> None:
+        """Disconnect; jobs keep running."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.link.stop()
+
+    def problem(self) -> NbtetherError | None:
+        """Why jobs cannot be observed right now."""
+        if self.link.error is not None:
+            return self.link.error
+        if self._polled_at is None:
+            return ClusterUnreachable(f"waiting for the first {self.scheduler.POLL_NAME}")
+        return ClusterUnreachable(self._scheduler_error) if self._scheduler_error else None
+
+    async def _on_connected(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._soon(self._watch())
+        await self.poll()
+
+    async def _watch(self) -> None:
+        script = rendezvous.watch_script(self.instance, self._watch_interval)
+        try:
+            await self.link.stream_lines(bash(script), self._on_announcement)
+        except (OSError, asyncssh.Error, ClusterUnreachable) as exc:
+            log.info("job watcher stopped", cluster=self.name, error=str(exc))
+
+    def _on_announcement(self, line: str) -> None:
+        parsed = rendezvous.parse_announcement(line)
+        if parsed is None:
+            return
+        job_id, run, kind, fields = parsed
+        if run < self._runs.get(job_id, 0):
+            return  # from before a requeue
+        self._runs[job_id] = run
+        if kind == "ready" and len(fields) == 3 and fields[2].isdigit():
+            self._endpoints[job_id] = Endpoint(node=fields[0], address=fields[1],
+                                               port=int(fields[2]))
+            self._announced_at[job_id] = datetime.now(UTC)
+            self._notify(self._sessions_of([job_id]) or None)
+        elif kind == "end":
+            self._endpoints.pop(job_id, None)
+            self.look_soon()
+
+    def look_soon(self, delay: float = 0.0) -> None:
+        """Poll soon after an event; events close together share one call, and
+        event-driven calls are at least EVENT_REFRESH_GAP seconds apart."""
+        if self._look_scheduled:
+            return
+        due = max(time.monotonic() + delay, self._last_look + EVENT_REFRESH_GAP)
+        self._look_scheduled = True
+        self._soon(self._look_at(due))
+
+    async def _look_at(self, due: float) -> None:
+        try:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+        finally:
+            self._look_scheduled = False
+        self._last_look = time.monotonic()
+        await self.poll()
+
+    def _soon(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _sessions_of(self, job_ids: list[str]) -> set[str]:
+        sessions = set()
+        for job_id in job_ids:
+            job = self._jobs.get(job_id)
+            session = rendezvous.session_of(job.name, self.instance) if job else None
+            if session:
+                sessions.add(session)
+        return sessions
+
+    async def poll(self) -> None:
+        """Refresh the cache of this daemon's jobs with one poll, then wake sessions."""
+        async with self._poll_lock:
+            started = datetime.now(UTC)
+            try:
+                result = await self.link.run(self.scheduler.POLL_COMMAND)
+            except ClusterUnreachable as exc:
+                log.info("poll skipped", cluster=self.name, error=str(exc))
+                return
+            self.rpc_count += 1
+            if result.exit_status != 0:
+                self._scheduler_error = (f"{self.scheduler.POLL_NAME} failed: "
+                                         f"{_text(result.stderr).strip()}")
+                log.warning("poll failed", cluster=self.name, error=self._scheduler_error)
+            else:
+                self._scheduler_error = None
+                self._jobs = {
+                    job.job_id: job
+                    for job in self.scheduler.parse_poll(_text(result.stdout), started)
+                    if rendezvous.session_of(job.name, self.instance) is not None
+                }
+                self._polled_at = started
+                self._forget_stale_endpoints(started)
+        self._notify(None)
+
+    def _forget_stale_endpoints(self, polled_at: datetime) -> None:
+        """A job that waits again (requeued) no longer serves where it announced before."""
+        for job_id in list(self._endpoints):
+            job = self._jobs.get(job_id)
+            waiting = job is not None and job.kind is not JobState.RUNNING
+            if waiting and self._announced_at.get(job_id, polled_at) < polled_at:
+                del self._endpoints[job_id]
+
+    async def job(self, job_id: str, submitted_at: datetime | None) -> JobInfo | None:
+        """The job as last seen; the accounting for jobs that the poll no longer lists."""
+        problem = self.problem()
+        if problem is not None:
+            return unknown(job_id, str(problem))
+        cached = self._jobs.get(job_id)
+        endpoint = self._endpoints.get(job_id)
+        if endpoint and (cached is None or cached.kind is JobState.WAITING):
+            # The job announced its notebook after the last poll: it runs.
+            return JobInfo(job_id=job_id, name="", state="RUNNING", node=endpoint.node)
+        if cached is not None:
+            return cached
+        if self._polled_at and submitted_at and submitted_at >= self._polled_at:
+            return JobInfo(job_id=job_id, name="", state="PENDING", reason="submitted")
+        if job_id in self._finished:
+            return self._finished[job_id]
+        if job_id in self._forgotten:
+            return None
+        return await self._final(job_id)
+
+    async def _final(self, job_id: str) -> JobInfo | None:
+        try:
+            result = await self.link.run(self.scheduler.final_command([job_id]))
+        except ClusterUnreachable as exc:
+            return unknown(job_id, str(exc))
+        self.rpc_count += 1
+        if result.exit_status != 0:
+            return unknown(job_id, f"accounting failed: {_text(result.stderr).strip()}")
+        for job in self.scheduler.parse_final(_text(result.stdout)):
+            if job.job_id == job_id:
+                if job.kind is JobState.ENDED:
+                    self._finished[job_id] = job
+                return job
+        self._forgotten.add(job_id)  # no accounting record: asking again will not help
+        return None
+
+    def endpoint(self, job_id: str) -> Endpoint | None:
+        """Where the job's notebook listens, once announced."""
+        return self._endpoints.get(job_id)
+
+    def active_jobs(self, session: str) -> list[JobInfo]:
+        """Jobs of this daemon for `session` that are queued or running."""
+        return [
+            job for job in self._jobs.values()
+            if rendezvous.session_of(job.name, self.instance) == session
+            and job.kind not in (JobState.ENDED, JobState.UNKNOWN)
+        ]
+
+    async def submit(self, session: str, spec: SessionSpec, token: str) -> str:
+        """Store the token (0600, through stdin) and submit the batch script (through stdin)."""
+        prepare = rendezvous.prepare_command(self.instance, session)
+        prepared = await self.link.run(prepare, stdin=token)
+        if prepared.exit_status != 0:
+            raise ClusterUnreachable(f"cannot prepare {rendezvous.remote_dir(self.instance)}: "
+                                     f"{_text(prepared.stderr).strip()}")
+        script = self.scheduler.render_script(spec, instance=self.instance, session=session)
+        result = await self.link.run(self.scheduler.SUBMIT_COMMAND, stdin=script,
+                                     timeout=SUBMIT_TIMEOUT)
+        self.rpc_count += 1
+        if result.exit_status != 0:
+            message = self.scheduler.submit_error(_text(result.stderr))
+            if self.scheduler.CONTROLLER_DOWN.search(message):
+                raise ClusterUnreachable(message)
+            raise SubmissionRejected(message)
+        job_id = self.scheduler.parse_submit(_text(result.stdout))
+        log.info("job submitted", cluster=self.name, session=session, job_id=job_id)
+        self.look_soon(SUBMIT_LOOK_DELAY)
+        return job_id
+
+    async def cancel(self, job_ids: list[str]) -> None:
+        """Cancel the jobs and drop their announcements."""
+        if not job_ids:
+            return
+        result = await self.link.run(
+            f"{self.scheduler.cancel_command(job_ids)}; "
+            f"{rendezvous.forget_command(self.instance, job_ids)}")
+        self.rpc_count += 1
+        if result.exit_status != 0 and self.scheduler.CONTROLLER_DOWN.search(_text(result.stderr)):
+            raise ClusterUnreachable(_text(result.stderr).strip())
+        for job_id in job_ids:
+            self._endpoints.pop(job_id, None)
+        await self._confirm_gone(job_ids)
+        log.info("jobs cancelled", cluster=self.name, job_ids=job_ids)
+
+    async def _confirm_gone(self, job_ids: list[str]) -> None:
+        """Poll until the jobs have ended (the scheduler's kill grace time bounds this)."""
+        deadline = time.monotonic() + CANCEL_CONFIRM_TIMEOUT
+        delay = 0.5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            await self.poll()
+            if not any(self._jobs.get(j) and self._jobs[j].kind is not JobState.ENDED
+                       for j in job_ids):
+                return
+            delay = min(delay * 2, 5.0)
+
+    async def release(self, session: str) -> None:
+        """Remove the session's token file from the cluster."""
+        token = shlex.quote(rendezvous.token_path(self.instance, session))
+        await self.link.run(f"rm -f {token}")
+
+    async def open_connection(self, host: str, port: int) -> Streams:
+        """A channel from the login node to the compute node's notebook."""
+        return await self.link.open_connection(host, port)
+
+    async def output(self, session: str, job_id: str, follow: bool) -> AsyncIterator[str]:
+        """The job's output file, optionally followed."""
+        path = shlex.quote(self.scheduler.output_path(self.instance, session, job_id))
+        command = f"tail -n +1 {'-F' if follow else ''} {path}"
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                await self.link.stream_lines(command, queue.put_nowait)
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(pump())
+        try:
+            while (line := await queue.get()) is not None:
+                yield line
+        finally:
+            task.cancel()
+
+
+def _text(value: str | bytes | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value or ""
