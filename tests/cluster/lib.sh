@@ -8,6 +8,11 @@ TEST_USER=hpcuser
 TEST_HOME=/home/$TEST_USER
 LOGIN_ADDR=127.0.0.1
 LOGIN_PORT=2222
+# Login nodes that need a person: the key and a TOTP code, or a password alone.
+MFA_PORT=2223
+PASSWORD_PORT=2224
+TOTP_SECRET=NBTETHERMFATESTSECRET234
+TEST_PASSWORD=nbtether-test-password
 NODES=(c1 c2)
 PYTHON_MODULE=python/3.11.6-gcc-13.2.0
 
@@ -17,12 +22,18 @@ MUNGE_DIR=$STATE/munge
 MYSQL_DIR=$STATE/mysql
 SLURM_DIR=$STATE/slurm
 SSHD_DIR=$STATE/sshd
+MFA_DIR=$STATE/sshd-mfa
+PASSWORD_DIR=$STATE/sshd-password
 
 MUNGED_PID=$MUNGE_DIR/munged.pid
 MARIADBD_PID=$MYSQL_DIR/mariadbd.pid
 SLURMDBD_PID=$SLURM_DIR/slurmdbd.pid
 SLURMCTLD_PID=$SLURM_DIR/slurmctld.pid
 SSHD_PID=$SSHD_DIR/sshd.pid
+# sshd started as sshd_mfa (a link) takes its PAM service, and its process name, from it.
+MFA_PID=$MFA_DIR/sshd_mfa.pid
+PASSWORD_PID=$PASSWORD_DIR/sshd_password.pid
+PERSON_KNOWN_HOSTS=$STATE/known_hosts_person
 
 slurmd_pid() { echo "$SLURM_DIR/slurmd-$1.pid"; }
 

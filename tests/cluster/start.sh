@@ -2,7 +2,8 @@
 # Brings up the nbtether mini-cluster on this machine (Debian 12, as root): munge,
 # MariaDB + slurmdbd, slurmctld, two slurmd nodes c1/c2, an OpenSSH login node on
 # 127.0.0.1:2222 for the unprivileged user hpcuser, Lmod with a python module, and
-# jupyterlab in hpcuser's home. Idempotent: daemons already running (pid file +
+# jupyterlab in hpcuser's home; two more login nodes that need a person (127.0.0.1:2223:
+# key and TOTP code, 127.0.0.1:2224: password). Idempotent: daemons already running (pid file +
 # kill -0) are left alone and files are rewritten only when their content changes,
 # so a second run is quick and changes nothing. See README.md next to this file.
 set -Eeuo pipefail
@@ -12,7 +13,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/lib.sh"
 trap 'die "unexpected failure (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
-PACKAGES=(slurm-wlm slurmdbd munge mariadb-server openssh-server openssh-client lmod python3-venv procps)
+PACKAGES=(slurm-wlm slurmdbd munge mariadb-server openssh-server openssh-client lmod python3-venv procps
+  libpam-google-authenticator oathtool)
 declare -A NODE_ADDR=([c1]=127.0.0.2 [c2]=127.0.0.3)
 declare -A NODE_PORT=([c1]=6821 [c2]=6822)
 MODULE_ROOT=/opt/modulefiles
@@ -88,7 +90,7 @@ forbid_service_starts() {
 }
 
 prepare_dirs() {
-  install -d -m 0755 "$STATE" "$STATE/sessions.d" "$SSHD_DIR"
+  install -d -m 0755 "$STATE" "$STATE/sessions.d" "$SSHD_DIR" "$MFA_DIR" "$PASSWORD_DIR"
   install -d -m 0700 "$STATE/state"
   install -d -m 0700 -o munge -g munge "$MUNGE_DIR"
   install -d -m 0750 -o mysql -g mysql "$MYSQL_DIR"
@@ -339,6 +341,103 @@ start_login_node() {
     /usr/sbin/sshd -f "$SSHD_DIR/sshd_config" -E "$SSHD_DIR/sshd.log"
 }
 
+# sshd_config lines that the login nodes needing a person share with each other.
+sshd_config_common() {
+  cat <<EOF
+HostKey $SSHD_DIR/ssh_host_ed25519_key
+AllowUsers $TEST_USER
+AllowTcpForwarding yes
+MaxSessions 50
+X11Forwarding no
+PrintMotd no
+PrintLastLog no
+LogLevel VERBOSE
+EOF
+  if /usr/sbin/sshd -t -f /dev/null -h "$SSHD_DIR/ssh_host_ed25519_key" \
+    -o PerSourcePenalties=no 2>/dev/null; then
+    echo "PerSourcePenalties no"
+  fi
+}
+
+# The login nodes that need a person share the main one's host key, in a file of their own.
+write_person_known_hosts() {
+  local port host_key
+  host_key=$(cut -d' ' -f1,2 "$SSHD_DIR/ssh_host_ed25519_key.pub")
+  for port in "$MFA_PORT" "$PASSWORD_PORT"; do
+    echo "[$LOGIN_ADDR]:$port $host_key"
+  done | write_file "$PERSON_KNOWN_HOSTS" 0644 root:root
+}
+
+# A second login node that asks for the key, then a TOTP code (PAM, google-authenticator).
+# The secret is fixed so tests compute the codes (oathtool). DISALLOW_REUSE is left out
+# on purpose: a code may be used again within its 30 s window, so tests log in several
+# times without waiting for the next window; a real site may forbid that.
+start_mfa_login_node() {
+  write_file "$TEST_HOME/.google_authenticator" 0600 "$TEST_USER:$TEST_USER" <<EOF
+$TOTP_SECRET
+" TOTP_AUTH
+" WINDOW_SIZE 3
+EOF
+  # noskewadj: the module never rewrites the secret file, so reruns find it unchanged.
+  write_file /etc/pam.d/sshd_mfa 0644 root:root <<EOF
+# Two-factor login node of the nbtether mini-cluster (written by tests/cluster/start.sh)
+auth    required pam_google_authenticator.so noskewadj
+account required pam_unix.so
+session required pam_unix.so
+EOF
+  ln -sfn /usr/sbin/sshd "$MFA_DIR/sshd_mfa"
+  {
+    cat <<EOF
+# Two-factor login node of the nbtether mini-cluster (written by tests/cluster/start.sh)
+ListenAddress $LOGIN_ADDR:$MFA_PORT
+PidFile $MFA_PID
+AuthenticationMethods publickey,keyboard-interactive
+PasswordAuthentication no
+KbdInteractiveAuthentication yes
+UsePAM yes
+EOF
+    sshd_config_common
+  } | write_file "$MFA_DIR/sshd_config" 0644 root:root "$MFA_PID"
+  "$MFA_DIR/sshd_mfa" -t -f "$MFA_DIR/sshd_config" || die "$MFA_DIR/sshd_config is invalid"
+  # Started by the link's absolute path: sshd re-executes itself by that name.
+  start_daemon "sshd :$MFA_PORT" "$MFA_PID" "$MFA_DIR/sshd.log" \
+    "$MFA_DIR/sshd_mfa" -f "$MFA_DIR/sshd_config" -E "$MFA_DIR/sshd.log"
+}
+
+# A third login node that takes a password and nothing else. PAM (service sshd_password)
+# checks it against the test password, so the account's own password stays unset.
+start_password_login_node() {
+  write_file "$PASSWORD_DIR/check-password" 0700 root:root <<EOF
+#!/bin/bash
+# pam_exec expose_authtok: the password arrives on stdin, ended by a NUL byte.
+IFS= read -r -d '' password
+[[ \$password == '$TEST_PASSWORD' ]]
+EOF
+  write_file /etc/pam.d/sshd_password 0644 root:root <<EOF
+# Password-only login node of the nbtether mini-cluster (written by tests/cluster/start.sh)
+auth    required pam_exec.so quiet expose_authtok $PASSWORD_DIR/check-password
+account required pam_unix.so
+session required pam_unix.so
+EOF
+  ln -sfn /usr/sbin/sshd "$PASSWORD_DIR/sshd_password"
+  {
+    cat <<EOF
+# Password-only login node of the nbtether mini-cluster (written by tests/cluster/start.sh)
+ListenAddress $LOGIN_ADDR:$PASSWORD_PORT
+PidFile $PASSWORD_PID
+AuthenticationMethods password
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+UsePAM yes
+EOF
+    sshd_config_common
+  } | write_file "$PASSWORD_DIR/sshd_config" 0644 root:root "$PASSWORD_PID"
+  "$PASSWORD_DIR/sshd_password" -t -f "$PASSWORD_DIR/sshd_config" ||
+    die "$PASSWORD_DIR/sshd_config is invalid"
+  start_daemon "sshd :$PASSWORD_PORT" "$PASSWORD_PID" "$PASSWORD_DIR/sshd.log" \
+    "$PASSWORD_DIR/sshd_password" -f "$PASSWORD_DIR/sshd_config" -E "$PASSWORD_DIR/sshd.log"
+}
+
 # --- the user's software and the daemon's config ----------------------------------
 
 # As a cluster user would: a venv from the module's Python, over an ssh login.
@@ -363,6 +462,17 @@ clusters:
     user: $TEST_USER
     identity_file: $STATE/id_ed25519
     known_hosts: $STATE/known_hosts
+  $CLUSTER_NAME-mfa:
+    host: $LOGIN_ADDR
+    port: $MFA_PORT
+    user: $TEST_USER
+    identity_file: $STATE/id_ed25519
+    known_hosts: $PERSON_KNOWN_HOSTS
+  $CLUSTER_NAME-password:
+    host: $LOGIN_ADDR
+    port: $PASSWORD_PORT
+    user: $TEST_USER
+    known_hosts: $PERSON_KNOWN_HOSTS
 EOF
 }
 
@@ -433,6 +543,9 @@ main() {
   start_slurmctld
   start_slurmds
   start_login_node
+  write_person_known_hosts
+  start_mfa_login_node
+  start_password_login_node
   install_jupyter
   write_daemon_config
   wait_until_ready

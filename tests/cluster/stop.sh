@@ -69,6 +69,8 @@ main() {
   cancel_jobs
   # Ending sshd's children closes the open logins, not only the listener.
   stop_daemon "sshd :$LOGIN_PORT" "$SSHD_PID" children
+  stop_daemon "sshd :$MFA_PORT" "$MFA_PID" children
+  stop_daemon "sshd :$PASSWORD_PORT" "$PASSWORD_PID" children
   if id "$TEST_USER" &>/dev/null; then
     end_user_processes
   fi
