@@ -86,6 +86,9 @@ PHASES: dict[str, str] = {
     "`jupyter` tries again; a taken `local_port` is tried again every 30 s.",
     "invalid": "The file does not validate; `message` names the field. A running job is "
     "left alone.",
+    "login": "The cluster's login node asks for a password or one-time code: `message` names "
+    "the `nbtether login CLUSTER` to run. Jobs are left alone (not resubmitted, not "
+    "cancelled, not counted as failures); nothing is retried until that command runs.",
 }
 
 

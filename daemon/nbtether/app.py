@@ -16,8 +16,11 @@ from nbtether.backends import Backend
 from nbtether.backends.batch import BatchBackend
 from nbtether.backends.kinds import make_backend
 from nbtether.config import Settings
+from nbtether.control import ControlServer, socket_path
 from nbtether.desktop import DesktopNotifier
+from nbtether.errors import ConfigError
 from nbtether.reconciler import Reconciler
+from nbtether.remote import Person, SshLink
 from nbtether.sdnotify import Notifier
 from nbtether.state import StateStore
 from nbtether.watcher import watch_sessions
@@ -56,6 +59,18 @@ class Daemon:
 
             backends[name] = make_backend(name, config, instance, self.store.root, wake)
         return backends
+
+    async def _login(self, cluster: str, person: Person) -> str:
+        """`nbtether login CLUSTER`: connect with a person answering the login node."""
+        backend = self.backends.get(cluster)
+        if backend is None:
+            raise ConfigError(f"no cluster named {cluster!r} in the daemon's config")
+        link = getattr(backend, "link", None)
+        if not isinstance(link, SshLink):
+            raise ConfigError(f"cluster {cluster} runs notebooks on this machine: "
+                              "there is nothing to log in to")
+        await link.login(person)
+        return f"{cluster} is connected"
 
     async def _reconcile(self, name: str) -> float | None:
         assert self.reconciler is not None
@@ -99,6 +114,8 @@ class Daemon:
             scheduler.add_job(self.notifier.send, "interval", seconds=interval,
                               args=["WATCHDOG=1"])
         scheduler.start()
+        control = ControlServer(socket_path(self.store.root), self._login)
+        await control.start()
         self.queue.start()
         watcher = asyncio.create_task(
             watch_sessions(self.settings.sessions_dir, self.queue.add, self.stopping)
@@ -113,6 +130,7 @@ class Daemon:
         self.notifier.send("STOPPING=1")
         log.info("nbtether stopping; jobs keep running")
         scheduler.shutdown(wait=False)
+        await control.close()
         await self.queue.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import re
 import sys
 import webbrowser
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -21,9 +23,14 @@ from nbtether.errors import AlreadyRunning, ConfigError
 from nbtether.spec import InvalidSpec, SessionSpec, check_files, load_sessions, session_files
 from nbtether.state import Record, StateStore
 
-EXIT_INVALID = 1  # invalid file, failed check, unknown/unready session, daemon already running
+if TYPE_CHECKING:
+    from nbtether.control import Challenge
+
+EXIT_INVALID = 1  # invalid file, failed check or login, unknown/unready session, daemon running
 EXIT_CONFIG = 3  # the daemon config is unusable
 HEARTBEAT_STALE = 30.0
+# Terminal control characters in a server's prompt are shown escaped, never obeyed.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 app = typer.Typer(
     help="Keep Jupyter notebooks running as SLURM jobs, reachable at one local URL.",
@@ -128,7 +135,8 @@ def _daemon_state(store: StateStore) -> dict[str, object]:
 
 
 def _colored(phase: str) -> str:
-    color = {"ready": "green", "failed": "red", "invalid": "red", "handover": "cyan"}.get(
+    color = {"ready": "green", "failed": "red", "invalid": "red", "handover": "cyan",
+             "login": "magenta"}.get(
         phase, "yellow"
     )
     return f"[{color}]{phase}[/{color}]"
@@ -232,6 +240,58 @@ def check(
                 out.print(Text(f"{'':7}fix: {item.hint}"), soft_wrap=True, highlight=False)
     if not all(report.ok for report in reports):
         raise typer.Exit(EXIT_INVALID)
+
+
+def _show(text: str) -> str:
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def _answer(challenge: Challenge, interactive: bool) -> list[str]:
+    """Show one challenge as the server worded it and read one answer per prompt."""
+    for text in (challenge.name, challenge.instructions):
+        if text:
+            sys.stderr.write(_show(text).rstrip("\n") + "\n")
+    answers = []
+    for prompt, echo in challenge.prompts:
+        if interactive:
+            answers.append(input(_show(prompt)) if echo else getpass.getpass(_show(prompt)))
+            continue
+        sys.stderr.write(_show(prompt) + "\n")
+        sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError("no more answers on standard input")
+        answers.append(line.rstrip("\r\n"))
+    return answers
+
+
+@app.command()
+def login(
+    cluster: Annotated[str, typer.Argument(help="Cluster name, as in the config's `clusters`.")],
+) -> None:
+    """Log the running daemon in to a cluster that asks for a password or one-time code.
+
+    Shows each of the server's prompts and passes the answers to the daemon; with standard
+    input not a terminal, reads one answer per line. Exit 0 once connected, 1 otherwise.
+    """
+    from nbtether import control
+
+    config = settings()
+    interactive = sys.stdin.isatty()
+    try:
+        ok, message = control.login(control.socket_path(config.state_dir), cluster,
+                                    lambda challenge: _answer(challenge, interactive))
+    except control.DaemonUnreachable as exc:
+        err.print(f"the daemon is not running on {config.state_dir} (start it: nbtether run)",
+                  markup=False)
+        raise typer.Exit(EXIT_INVALID) from exc
+    except (KeyboardInterrupt, EOFError) as exc:
+        err.print(f"\nlogin to {cluster} cancelled ({exc or 'interrupted'})", markup=False)
+        raise typer.Exit(EXIT_INVALID) from exc
+    if not ok:
+        err.print(f"login to {cluster} failed: {message}", markup=False)
+        raise typer.Exit(EXIT_INVALID)
+    out.print(message, markup=False, highlight=False)
 
 
 @app.command()

@@ -33,12 +33,13 @@ def scrub(text: str, token: str | None = None) -> str:
 
 
 def worth_telling(before: str, after: str) -> bool:
-    """A phase change a person wants to hear about: ready, failed, invalid, or lost readiness."""
+    """A phase change a person wants to hear about: ready, failed, invalid, a login to give,
+    or lost readiness."""
     if before == after:
         return False
     if after == "ready":
         return before != "handover"  # a handover keeps the URL working: nothing to say
-    if after in ("failed", "invalid"):
+    if after in ("failed", "invalid", "login"):
         return True
     return before in ("ready", "handover") and after in ("pending", "starting")
 

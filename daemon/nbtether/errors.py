@@ -8,6 +8,7 @@
         ├── AlreadyRunning      another daemon uses the same state directory
         ├── HostKeyError        the login node's host key is unknown or changed
         ├── AuthError           the cluster refused our credentials
+        ├── LoginRequired       the login needs a person (code, password): `nbtether login`
         └── SubmissionRejected  SLURM refused the job (its message is kept verbatim)
 """
 
@@ -44,6 +45,10 @@ class HostKeyError(PermanentError):
 
 class AuthError(PermanentError):
     """The cluster refused every credential we offered."""
+
+
+class LoginRequired(PermanentError):
+    """The login node asks for a password or one-time code: only a person may answer."""
 
 
 class SubmissionRejected(PermanentError):

@@ -67,6 +67,7 @@ class Seen:
 
     problem: str | None = None  # the cluster cannot be observed (no connection, no squeue)
     blocked: bool = False  # the problem needs a person (host key, credentials)
+    login: bool = False  # the login node asks for a code or password: `nbtether login`
     file_version: str = ""  # changes whenever the session file is written
     job: JobInfo | None = None  # the record's job; None when SLURM no longer knows it
     successor: JobInfo | None = None
@@ -133,6 +134,11 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
         out.actions.append(Listen(spec.local_port))
     if seen.port_error:
         record.phase, record.message = "failed", seen.port_error
+        out.requeue_after = RECHECK
+        return out
+    if seen.login:
+        # Jobs are left as they are: the cluster is not gone, it waits for a person.
+        record.phase, record.message = "login", seen.problem or "login needed"
         out.requeue_after = RECHECK
         return out
     if seen.problem:

@@ -14,7 +14,7 @@ import structlog
 
 from nbtether.backends import Backend, Streams
 from nbtether.config import Settings
-from nbtether.errors import NbtetherError, PermanentError, SubmissionRejected
+from nbtether.errors import LoginRequired, NbtetherError, PermanentError, SubmissionRejected
 from nbtether.jobs import Endpoint
 from nbtether.plan import (
     Cancel,
@@ -111,6 +111,7 @@ class Reconciler:
         problem = backend.problem()
         if problem:
             return Seen(problem=str(problem), blocked=isinstance(problem, PermanentError),
+                        login=isinstance(problem, LoginRequired),
                         listening=listening, routed=routed, port_error=port_error)
         file_version = self._file_version(record.name)
         job = successor = None

@@ -3,6 +3,10 @@
 asyncssh never reconnects by itself, so `SshLink` does: it keeps one authenticated
 connection (keepalives on), reconnects with capped, jittered backoff after a transient loss,
 and stops retrying in a loop after an authentication or host-key failure.
+
+A login node that asks for a password or one-time code gets answers only from a person
+(`nbtether login`, relayed by `control`): the daemon declines such prompts by itself, so it
+never sends a guess, and after a failed or needed login it waits for the next person.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ import asyncio
 import contextlib
 import random
 import shlex
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 import structlog
@@ -24,6 +28,7 @@ from nbtether.errors import (
     ClusterUnreachable,
     ConfigError,
     HostKeyError,
+    LoginRequired,
     NbtetherError,
     PermanentError,
 )
@@ -36,6 +41,10 @@ CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly130
            "aes128-ctr", "aes192-ctr", "aes256-ctr"]
 KEEPALIVE_INTERVAL = 10.0
 KEEPALIVE_COUNT = 3
+# A connection that took a person's login is kept through up to 3 minutes of silence (a
+# suspended laptop, a Wi-Fi hiccup): TCP survives that when the address stays the same.
+LOGIN_KEEPALIVE_COUNT = 18
+LOGIN_TIMEOUT = 300.0  # a person reads, types, or accepts a push; sshd's LoginGraceTime ends it
 CONNECT_TIMEOUT = 20.0
 RECONNECT_MAX_DELAY = 5.0  # short, so a returning login node is used within seconds
 PERMANENT_RETRY_DELAY = 600.0  # an auth or host-key failure is retried rarely, never in a loop
@@ -90,6 +99,64 @@ def classify(exc: BaseException, host: str) -> NbtetherError:
     return ClusterUnreachable(f"{host}: {exc or type(exc).__name__}")
 
 
+Prompt = tuple[str, bool]  # the server's text, and whether the answer may be shown as typed
+
+
+class Person(Protocol):
+    """Someone at `nbtether login` who answers the login node's prompts."""
+
+    async def answer(
+        self, name: str, instructions: str, prompts: Sequence[Prompt]
+    ) -> list[str] | None:
+        """The answers to one challenge, one per prompt; None if the person cancelled."""
+
+
+class _Login(asyncssh.SSHClient):
+    """Hands keyboard-interactive and password prompts to a person: one try of each method.
+
+    Without a person every such prompt is declined, so the server never gets an answer
+    that a person did not give, and nothing counts against the account.
+    """
+
+    def __init__(self, person: Person | None, password_prompt: str) -> None:
+        self.person = person
+        self.password_prompt = password_prompt
+        self.needs_person = False  # the server asked for something only a person knows
+        self.answered = False
+        self.cancelled = False
+        self._tried: set[str] = set()
+
+    def _may_try(self, method: str) -> bool:
+        self.needs_person = True
+        if self.person is None or self.cancelled or method in self._tried:
+            return False  # a second round would be a retry the person did not ask for
+        self._tried.add(method)
+        return True
+
+    def kbdint_auth_requested(self) -> str | None:
+        return "" if self._may_try("keyboard-interactive") else None
+
+    async def kbdint_challenge_received(
+        self, name: str, instructions: str, lang: str, prompts: Sequence[Prompt]
+    ) -> list[str] | None:
+        if self.person is None or self.cancelled:
+            return None
+        answers = await self.person.answer(name, instructions, prompts)
+        self.cancelled = answers is None
+        self.answered = self.answered or bool(answers)
+        return answers
+
+    async def password_auth_requested(self) -> str | None:
+        if not self._may_try("password") or self.person is None:
+            return None
+        answers = await self.person.answer("", "", [(self.password_prompt, False)])
+        if not answers:
+            self.cancelled = True
+            return None
+        self.answered = True
+        return answers[0]
+
+
 class SshLink:
     """A supervised connection to one login node."""
 
@@ -110,6 +177,8 @@ class SshLink:
         self._exec_slots = asyncio.Semaphore(MAX_EXEC_CHANNELS)
         self._task: asyncio.Task[None] | None = None
         self._retry_now = asyncio.Event()
+        self._person: Person | None = None  # at `nbtether login`, waiting for the next attempt
+        self._login_result: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         """Begin connecting (and keep the connection) in the background."""
@@ -134,30 +203,87 @@ class SshLink:
         """True while an authenticated connection is up."""
         return self._conn is not None
 
-    async def _connect(self) -> asyncssh.SSHClientConnection:
-        host = self.config.host or ""
+    async def login(self, person: Person) -> None:
+        """Connect now with `person` answering the server's prompts; raises why it failed.
+
+        Returns at once when the connection is up already.
+        """
+        if self._conn is not None:
+            return
+        if self._person is not None:
+            raise LoginRequired(f"another `nbtether login {self.name}` is in progress")
+        self._person = person
+        self._login_result = asyncio.get_running_loop().create_future()
+        self._retry_now.set()
         try:
-            return await asyncssh.connect(host, **connect_options(self.config))
+            await self._login_result
+        finally:
+            self._person = self._login_result = None
+
+    async def _connect(self, person: Person | None) -> asyncssh.SSHClientConnection:
+        host = self.config.host or ""
+        options = connect_options(self.config)
+        if person is not None:
+            options.update(connect_timeout=LOGIN_TIMEOUT, login_timeout=LOGIN_TIMEOUT)
+        who = f"{self.config.user}@{host}" if self.config.user else host
+        client = _Login(person, f"{who}'s password: ")
+        try:
+            conn, _ = await asyncssh.create_connection(lambda: client, host, **options)
+        except asyncssh.PermissionDenied as exc:
+            if not client.needs_person:
+                raise classify(exc, host) from exc
+            command = f"nbtether login {self.name}"
+            if client.cancelled:
+                raise LoginRequired(f"login to {host} cancelled; run `{command}`") from exc
+            if client.answered:
+                raise LoginRequired(f"{host} refused the login ({exc.reason}); "
+                                    f"run `{command}` to try again") from exc
+            raise LoginRequired(f"{host} asks for a password or one-time code; "
+                                f"run `{command}`") from exc
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             raise classify(exc, host) from exc
+        if client.answered:
+            conn.set_keepalive(KEEPALIVE_INTERVAL, LOGIN_KEEPALIVE_COUNT)
+        return conn
+
+    def _settle(self, person: Person | None, error: NbtetherError | None) -> None:
+        """Tell a waiting `login()` that the link is up, or why the attempt it answered failed.
+
+        A failed attempt that started before the person came is not theirs: the next is.
+        """
+        result = self._login_result
+        if result is None or result.done():
+            return
+        if error is None:
+            result.set_result(None)
+        elif person is not None and person is self._person:
+            result.set_exception(error)
 
     async def _supervise(self) -> None:
         delay = 1.0
         while True:
+            person = self._person
+            self._retry_now.clear()  # a login() during the attempt keeps its wake-up
             try:
-                conn = await self._connect()
+                conn = await self._connect(person)
             except NbtetherError as exc:
+                self._settle(person, exc)
                 self.error = exc
                 self._on_change()
+                if isinstance(exc, LoginRequired):
+                    # Nothing retries a login by itself: only the next person does.
+                    log.warning("ssh login needs a person", cluster=self.name, error=str(exc))
+                    await self._retry_now.wait()
+                    continue
                 permanent = isinstance(exc, PermanentError)
                 wait = PERMANENT_RETRY_DELAY if permanent else delay * random.uniform(0.5, 1.0)  # noqa: S311
                 log.warning("ssh connect failed", cluster=self.name, error=str(exc), retry_in=wait)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
-                self._retry_now.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._retry_now.wait(), wait)
                 continue
             delay = 1.0
+            self._settle(person, None)
             self._conn, self.error = conn, None
             self._up.set()
             log.info("ssh connected", cluster=self.name)
@@ -183,7 +309,8 @@ class SshLink:
 
     def _require(self) -> asyncssh.SSHClientConnection:
         if self._conn is None:
-            raise self.error or ClusterUnreachable("not connected")
+            # A new exception each time: re-raising the stored one would grow its traceback.
+            raise ClusterUnreachable(str(self.error or "not connected"))
         return self._conn
 
     async def run(

@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from nbtether.errors import AlreadyRunning
 from nbtether.jobs import Endpoint
 
-Phase = Literal["pending", "starting", "ready", "handover", "stopping", "failed", "invalid"]
+Phase = Literal[
+    "pending", "starting", "ready", "handover", "stopping", "failed", "invalid", "login"
+]
 APP_PATHS = {"lab": "lab", "notebook": "tree", "server": ""}
 
 
