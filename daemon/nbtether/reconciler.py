@@ -34,7 +34,7 @@ from nbtether.tunnel import Tunnel, probe
 
 log = structlog.get_logger(__name__)
 
-SERVING = ("pending", "starting", "ready", "handover")
+SERVING = ("pending", "starting", "ready", "handover", "login")
 SUBMIT_RETRY = timedelta(seconds=30)
 
 

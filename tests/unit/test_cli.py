@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -89,3 +90,47 @@ def test_schema_is_the_session_models_json_schema() -> None:
 def test_version() -> None:
     """--version prints the installed version."""
     assert runner.invoke(app, ["--version"]).stdout.strip() == f"nbtether {__version__}"
+
+
+def test_login_answers_one_line_per_prompt_when_stdin_is_not_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each prompt is shown on stderr as the server wrote it and takes the next input line."""
+    from nbtether.cli import _answer
+    from nbtether.control import Challenge
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hunter2\n123456\nleft over\n"))
+    challenge = Challenge("Site login", "Two factors", [("Password: ", False), ("Code: ", False)])
+    assert _answer(challenge, interactive=False) == ["hunter2", "123456"]
+    shown = capsys.readouterr()
+    assert shown.err == "Site login\nTwo factors\nPassword: \nCode: \n"
+    assert "hunter2" not in shown.out + shown.err
+
+
+def test_login_escapes_terminal_control_characters_of_the_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prompt's escape sequences are printed visibly, never sent to the terminal raw."""
+    from nbtether.cli import _answer
+    from nbtether.control import Challenge
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("x\n"))
+    _answer(Challenge("", "", [("\x1b]0;owned\x07Code: ", True)]), interactive=False)
+    assert capsys.readouterr().err == "\\x1b]0;owned\\x07Code: \n"
+
+
+def test_login_without_more_input_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standard input that ends before every prompt is answered cancels the login."""
+    from nbtether.cli import _answer
+    from nbtether.control import Challenge
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(EOFError):
+        _answer(Challenge("", "", [("Code: ", False)]), interactive=False)
+
+
+def test_login_without_a_daemon_says_so_and_exits_1(config: Path) -> None:
+    """`nbtether login` with no daemon running explains how to start one."""
+    result = runner.invoke(app, ["--config", str(config), "login", "hpc"], input="123456\n")
+    assert result.exit_code == 1
+    assert "the daemon is not running" in result.output

@@ -141,3 +141,5 @@ def test_worth_telling_table() -> None:
     assert worth_telling("handover", "starting")
     assert not worth_telling("pending", "starting")
     assert not worth_telling("ready", "stopping")
+    assert worth_telling("ready", "login") and worth_telling("pending", "login")
+    assert not worth_telling("login", "login")

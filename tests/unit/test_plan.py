@@ -15,6 +15,7 @@ from nbtether.state import Record
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 EP = Endpoint(node="c1", address="127.0.0.2", port=40000)
 EP2 = Endpoint(node="c2", address="127.0.0.3", port=40001)
+LOGIN = "login.example.org asks for a password or one-time code; run `nbtether login hpc`"
 
 
 def make_spec(**overrides: Any) -> SessionSpec:
@@ -61,6 +62,11 @@ CASES = [
      seen(job=job("SOMETHING_NEW"), routed=EP), [], "ready"),
     ("controller down keeps everything", SPEC, make_record(job_id="100", phase="ready"),
      seen(problem="Unable to contact slurm controller", routed=EP), [], "ready"),
+    ("a login to give leaves the running job alone", SPEC,
+     make_record(job_id="100", phase="ready", endpoint=EP),
+     seen(problem=LOGIN, blocked=True, login=True, routed=EP), [], "login"),
+    ("a new file on a cluster waiting for a login submits nothing", SPEC, make_record(),
+     seen(listening=None, problem=LOGIN, blocked=True, login=True), [Listen(8888)], "login"),
     ("timeout resubmits", SPEC, make_record(job_id="100", phase="ready"),
      seen(job=job("TIMEOUT"), routed=EP), [Route(None), Submit()], "pending"),
     ("node failure resubmits", SPEC, make_record(job_id="100", phase="ready"),
@@ -228,3 +234,13 @@ def test_walltime_warning_without_handover() -> None:
     assert outcome.record is not None
     assert outcome.record.message == ("walltime ends in 3 min; a new job is submitted then, "
                                       "at the same URL")
+
+
+def test_a_login_to_give_names_the_command_and_keeps_the_job() -> None:
+    """While the cluster waits for a person, the message names the command; nothing counts."""
+    record = make_record(job_id="100", phase="ready", failures=1, endpoint=EP)
+    outcome = plan(SPEC, record, seen(problem=LOGIN, blocked=True, login=True), NOW)
+    assert outcome.record is not None
+    assert "`nbtether login hpc`" in outcome.record.message
+    assert (outcome.record.job_id, outcome.record.failures, outcome.record.restarts) == \
+        ("100", 1, 0)
