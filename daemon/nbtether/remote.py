@@ -242,6 +242,9 @@ class SshLink:
                                 f"run `{command}`") from exc
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             raise classify(exc, host) from exc
+        except Exception as exc:  # a bug below us must not end the supervision for good
+            log.exception("ssh connect failed unexpectedly", cluster=self.name)
+            raise ClusterUnreachable(f"{host}: {exc!r}") from exc
         if client.answered:
             conn.set_keepalive(KEEPALIVE_INTERVAL, LOGIN_KEEPALIVE_COUNT)
         return conn

@@ -70,6 +70,28 @@ class Cluster:
     known_hosts: Path = STATE_DIR / "known_hosts"
     config_file: Path = STATE_DIR / "config.yaml"
     home: Path = Path("/home/hpcuser")
+    # The login nodes that need a person (lib.sh): key and TOTP code, or a password alone.
+    mfa_port: int = 2223
+    password_port: int = 2224
+    person_known_hosts: Path = STATE_DIR / "known_hosts_person"
+    totp_secret: str = "NBTETHERMFATESTSECRET234"
+    password: str = "nbtether-test-password"
+    mfa_sshd_pid: Path = STATE_DIR / "sshd-mfa" / "sshd_mfa.pid"
+    mfa_sshd_log: Path = STATE_DIR / "sshd-mfa" / "sshd.log"
+
+    def totp(self, count: int = 1, at: float | None = None) -> list[str]:
+        """``count`` consecutive TOTP codes of the two-factor node, from the 30 s step of
+        ``at`` (a Unix time; default now), computed by oathtool from the known secret."""
+        when = int(time.time() if at is None else at)
+        out = _run(["oathtool", "--totp", "-b", f"--window={count - 1}", f"--now=@{when}",
+                    self.totp_secret], check=True, timeout=10).stdout
+        return out.split()
+
+    def wrong_totp(self) -> str:
+        """A six-digit code that no step from a minute ago to a minute ahead accepts."""
+        valid = set(self.totp(5, at=time.time() - 60))
+        return next(code for n in range(1, 10**6)
+                    if (code := f"{(int(min(valid)) + 99991 * n) % 10**6:06d}") not in valid)
 
     def ssh_argv(self, command: str) -> list[str]:
         """The OpenSSH command line that runs ``command`` on the login node as the user.

@@ -16,7 +16,7 @@ from typing import Any
 from tests.cluster import Cluster, wait_for
 
 SESSION = """\
-cluster: testbed
+cluster: {cluster}
 local_port: {port}
 resources:
   partition: cpu
@@ -32,10 +32,12 @@ restart:
 
 
 def session_yaml(
-    port: int, time: str = "00:15:00", handover: str = "0s", mem: str = "400M", extra: str = ""
+    port: int, time: str = "00:15:00", handover: str = "0s", mem: str = "400M", extra: str = "",
+    cluster: str = "testbed",
 ) -> str:
-    """A session file for the testbed cluster, as the tutorial would have it."""
-    return SESSION.format(port=port, time=time, handover=handover, mem=mem) + extra
+    """A session file for the testbed cluster (or another), as the tutorial would have it."""
+    return SESSION.format(port=port, time=time, handover=handover, mem=mem,
+                          cluster=cluster) + extra
 
 
 def free_port() -> int:
@@ -75,8 +77,10 @@ def listening_addresses(port: int) -> set[str]:
 class Daemon:
     """One daemon with its own config, sessions directory and state directory."""
 
-    def __init__(self, root: Path, cluster: Cluster, testbed: str | None = None) -> None:
-        """`testbed` replaces the keys of the `testbed` cluster (YAML, one key per line)."""
+    def __init__(self, root: Path, cluster: Cluster, testbed: str | None = None,
+                 more: str = "") -> None:
+        """`testbed` replaces the keys of the `testbed` cluster (YAML, one key per line);
+        `more` is appended to the config as it is (more clusters, settings)."""
         self.root = root
         self.cluster = cluster
         self.sessions = root / "sessions.d"
@@ -91,7 +95,7 @@ class Daemon:
         keys = "".join(f"    {line}\n" for line in testbed.splitlines())
         self.config.write_text(
             f"sessions_dir: {self.sessions}\nstate_dir: {self.state}\n"
-            f"clusters:\n  testbed:\n{keys}"
+            f"clusters:\n  testbed:\n{keys}{more}"
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.env = {**os.environ, "HOME": str(root), "NBTETHER_CONFIG": str(self.config)}
@@ -114,10 +118,13 @@ class Daemon:
         self.process = None
         return code
 
-    def nbtether(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        """Run an nbtether command with this daemon's config."""
+    def nbtether(
+        self, *args: str, check: bool = False, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an nbtether command with this daemon's config (`stdin`: its standard input)."""
         return subprocess.run([sys.executable, "-m", "nbtether", *args], capture_output=True,
-                              text=True, env=self.env, check=check, timeout=60)
+                              text=True, env=self.env, check=check, timeout=60,
+                              input=stdin)
 
     def drop(self, name: str, text: str) -> Path:
         """Write a session file the way editors do: a temporary file renamed into place."""
