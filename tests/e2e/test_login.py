@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -64,6 +66,12 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, cluster: Cluster) -> Iterat
     running.cleanup()
 
 
+def wait_control_socket(daemon: Daemon) -> None:
+    """Wait until the daemon listens for `nbtether login`."""
+    wait_for(lambda: (daemon.state / "control.sock").is_socket(), 60,
+             message="the daemon's control socket")
+
+
 def login(daemon: Daemon, cluster: str, *answers: str) -> subprocess.CompletedProcess[str]:
     """`nbtether login CLUSTER` with the answers on standard input, one per line."""
     return daemon.nbtether("login", cluster, stdin="".join(f"{a}\n" for a in answers))
@@ -85,6 +93,21 @@ def connection_attempts(cluster: Cluster, since: int) -> list[str]:
         log.seek(since)
         text = log.read().decode(errors="replace")
     return [line for line in text.splitlines() if line.startswith("Connection from")]
+
+
+def read_until(fd: int, wanted: bytes, timeout: float = 60) -> bytes:
+    """What a terminal shows until `wanted` appears on it."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"the terminal never showed {wanted!r}; it shows {seen!r}"
+        try:
+            seen += os.read(fd, 4096)
+        except OSError as exc:  # EIO: the program ended and closed the terminal
+            raise AssertionError(f"the terminal never showed {wanted!r}; it shows {seen!r}") \
+                from exc
+    return seen
 
 
 def running_jobs(daemon: Daemon) -> set[str]:
@@ -217,3 +240,31 @@ def test_a_password_only_cluster_takes_the_password_through_login(
     assert result.stderr == f"{cluster.user}@{cluster.host}'s password: \n"
     daemon.wait_phase("pw", "ready", timeout=180)
     assert_found_nowhere([cluster.password], daemon)
+
+
+def test_a_code_typed_at_a_terminal_is_not_echoed(daemon: Daemon, cluster: Cluster) -> None:
+    """At a terminal the prompt is shown and the code typed is not echoed back."""
+    wait_control_socket(daemon)
+    code = cluster.totp()[0]
+    main, child = pty.openpty()
+    with subprocess.Popen([sys.executable, "-m", "nbtether", "login", "mfa"], stdin=child,
+                          stdout=child, stderr=child, env=daemon.env,
+                          start_new_session=True) as process:
+        os.close(child)
+        screen = read_until(main, b"Verification code: ")
+        os.write(main, code.encode() + b"\n")
+        screen += read_until(main, b"mfa is connected")
+        assert process.wait(timeout=30) == 0
+    os.close(main)
+    assert code.encode() not in screen
+
+
+def test_login_to_a_key_only_or_unknown_cluster(daemon: Daemon) -> None:
+    """A key-only cluster needs no answer (exit 0 at once); an unknown name is exit 1."""
+    wait_control_socket(daemon)
+    result = login(daemon, "testbed")
+    assert (result.returncode, result.stdout.strip(), result.stderr) == \
+        (0, "testbed is connected", "")
+    result = login(daemon, "nowhere")
+    assert result.returncode == 1
+    assert "no cluster named 'nowhere'" in result.stderr

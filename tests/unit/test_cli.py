@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,17 @@ def test_login_without_a_daemon_says_so_and_exits_1(config: Path) -> None:
     result = runner.invoke(app, ["--config", str(config), "login", "hpc"], input="123456\n")
     assert result.exit_code == 1
     assert "the daemon is not running" in result.output
+
+
+def test_login_shows_a_challenge_without_prompts_and_reads_nothing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A message-only round (a Duo push notice) is shown and answered with no answers."""
+    from nbtether.cli import _answer
+    from nbtether.control import Challenge
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("not for this round\n"))
+    assert _answer(Challenge("Duo", "Pushed a login request to your phone.", []),
+                   interactive=False) == []
+    assert capsys.readouterr().err == "Duo\nPushed a login request to your phone.\n"
+    assert sys.stdin.read() == "not for this round\n"
