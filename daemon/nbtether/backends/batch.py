@@ -42,9 +42,11 @@ class Scheduler(Protocol):
     POLL_NAME: str  # the poll command's name, for messages: `squeue`
     POLL_COMMAND: str  # lists the user's jobs, including those that ended recently
     CONTROLLER_DOWN: re.Pattern[str]  # an error that means "not answering", not "no"
+    ACCOUNTING_DELAY: float  # seconds an ended job may be missing from the accounting
 
-    def render_script(self, spec: SessionSpec, *, instance: str, session: str) -> str:
-        """The batch script for one job of a session."""
+    def render_script(self, spec: SessionSpec, *, instance: str, session: str,
+                      cluster: ClusterConfig) -> str:
+        """The batch script for one job of a session, with the site's settings."""
 
     def output_path(self, instance: str, session: str, job_id: str) -> str:
         """The job's output file, relative to the home directory."""
@@ -91,6 +93,7 @@ class BatchBackend:
         self._finished: dict[str, JobInfo] = {}  # final states from the accounting
         self._forgotten: set[str] = set()  # jobs neither the poll nor the accounting knows
         self._polled_at: datetime | None = None
+        self._last_seen: dict[str, datetime] = {}  # when each job was last in the poll
         self._scheduler_error: str | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self._announced_at: dict[str, datetime] = {}
@@ -195,14 +198,19 @@ class BatchBackend:
                 log.warning("poll failed", cluster=self.name, error=self._scheduler_error)
             else:
                 self._scheduler_error = None
-                self._jobs = {
+                self._jobs = await self._observed({
                     job.job_id: job
                     for job in self.scheduler.parse_poll(_text(result.stdout), started)
                     if rendezvous.session_of(job.name, self.instance) is not None
-                }
+                })
+                self._last_seen.update(dict.fromkeys(self._jobs, started))
                 self._polled_at = started
                 self._forget_stale_endpoints(started)
         self._notify(None)
+
+    async def _observed(self, jobs: dict[str, JobInfo]) -> dict[str, JobInfo]:
+        """This daemon's jobs as the poll lists them; a scheduler may add what it lacks."""
+        return jobs
 
     def _forget_stale_endpoints(self, polled_at: datetime) -> None:
         """A job that waits again (requeued) no longer serves where it announced before."""
@@ -219,12 +227,15 @@ class BatchBackend:
             return unknown(job_id, str(problem))
         cached = self._jobs.get(job_id)
         endpoint = self._endpoints.get(job_id)
-        if endpoint and (cached is None or cached.kind is JobState.WAITING):
-            # The job announced its notebook after the last poll: it runs.
+        fresh = bool(self._polled_at and submitted_at and submitted_at >= self._polled_at)
+        if endpoint and (cached.kind is JobState.WAITING if cached else fresh):
+            # The job announced its notebook after the last poll: it runs. (An announcement
+            # of a job the poll no longer lists is stale: a job killed by its walltime
+            # leaves its `.ready` behind.)
             return JobInfo(job_id=job_id, name="", state="RUNNING", node=endpoint.node)
         if cached is not None:
             return cached
-        if self._polled_at and submitted_at and submitted_at >= self._polled_at:
+        if fresh:
             return JobInfo(job_id=job_id, name="", state="PENDING", reason="submitted")
         if job_id in self._finished:
             return self._finished[job_id]
@@ -245,6 +256,9 @@ class BatchBackend:
                 if job.kind is JobState.ENDED:
                     self._finished[job_id] = job
                 return job
+        seen = self._last_seen.get(job_id)
+        if seen and (datetime.now(UTC) - seen).total_seconds() < self.scheduler.ACCOUNTING_DELAY:
+            return unknown(job_id, "waiting for the accounting record")
         self._forgotten.add(job_id)  # no accounting record: asking again will not help
         return None
 
@@ -267,7 +281,8 @@ class BatchBackend:
         if prepared.exit_status != 0:
             raise ClusterUnreachable(f"cannot prepare {rendezvous.remote_dir(self.instance)}: "
                                      f"{_text(prepared.stderr).strip()}")
-        script = self.scheduler.render_script(spec, instance=self.instance, session=session)
+        script = self.scheduler.render_script(spec, instance=self.instance, session=session,
+                                              cluster=self.config)
         result = await self.link.run(self.scheduler.SUBMIT_COMMAND, stdin=script,
                                      timeout=SUBMIT_TIMEOUT)
         self.rpc_count += 1
@@ -289,7 +304,8 @@ class BatchBackend:
             f"{self.scheduler.cancel_command(job_ids)}; "
             f"{rendezvous.forget_command(self.instance, job_ids)}")
         self.rpc_count += 1
-        if result.exit_status != 0 and self.scheduler.CONTROLLER_DOWN.search(_text(result.stderr)):
+        # The command's exit status is that of the cleanup after it: judge by the words.
+        if self.scheduler.CONTROLLER_DOWN.search(_text(result.stderr)):
             raise ClusterUnreachable(_text(result.stderr).strip())
         for job_id in job_ids:
             self._endpoints.pop(job_id, None)
@@ -305,6 +321,12 @@ class BatchBackend:
             await self.poll()
             if not any(self._jobs.get(j) and self._jobs[j].kind is not JobState.ENDED
                        for j in job_ids):
+                # A cancelled job that left the poll ended: no need to wait for the
+                # accounting to say so (Grid Engine's qacct lags behind qstat).
+                for job_id in job_ids:
+                    if job_id not in self._jobs:
+                        self._finished.setdefault(job_id, JobInfo(
+                            job_id=job_id, name="", state="CANCELLED", reason="by nbtether"))
                 return
             delay = min(delay * 2, 5.0)
 
