@@ -43,6 +43,7 @@ FORMATS: dict[str, tuple[str, str]] = {
     "Name": ("name", "cluster and session names"),
     "ExpandedPath": ("local path", "a path on this machine; a leading `~` is expanded"),
     "SlurmWord": ("SLURM word", "partition, reservation, account and QOS names"),
+    "SiteWord": ("site word", "a Grid Engine parallel environment or resource name"),
     "Constraint": ("constraint", "a SLURM feature expression, e.g. `avx512&ib`"),
     "Memory": ("memory", "a number with an optional unit K, M, G or T, as for `--mem`"),
     "ModuleName": ("module", "an environment module name, e.g. `python/3.11.6-gcc-13.2.0`"),
@@ -498,6 +499,8 @@ def reference() -> str:
         "",
         *model_section(spec.SessionSpec, "", 3),
         "",
+        *grid_engine_section(),
+        "",
         "## Value formats",
         "",
         "Values that reach the batch script or a shell on the cluster must match these "
@@ -519,6 +522,35 @@ def reference() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def grid_engine_section() -> list[str]:
+    """How `resources` become Grid Engine requests on a cluster of `kind: sge`."""
+    return [
+        "### `resources` on Grid Engine",
+        "",
+        "On a cluster of `kind: sge` the same session file asks Grid Engine for the same "
+        "things; `nbtether validate` and the daemon refuse, with a message saying so, a "
+        "resource that Grid Engine has no word for.",
+        "",
+        "| key | becomes | note |",
+        "|---|---|---|",
+        "| `partition` | `-q <partition>` | the queue |",
+        "| `account` | `-P <account>` | the project |",
+        "| `cpus` | `-pe <parallel_environment> <cpus>` | only when more than 1; the cluster's "
+        "`parallel_environment` (default `smp`) |",
+        "| `mem` | `-l <memory_resource>=<mem ÷ cpus>` | per slot, as Grid Engine counts "
+        "memory; the cluster's `memory_resource` (default `h_vmem`) |",
+        "| `time` | `-l h_rt=<time>` | the walltime |",
+        "| `gpus` | `-l <gpu_resource>=<gpus>` | refused unless the cluster sets `gpu_resource` |",
+        "| `reservation` | `-ar <reservation>` | advance reservations are numbers; a name is "
+        "refused |",
+        "| `qos` | refused | Grid Engine has no quality of service |",
+        "| `constraint` | refused | no node features; use a queue |",
+        "",
+        "Every job also gets `-N nbtether-<instance>-<session>`, `-j y`, `-S /bin/bash` "
+        "(with `#!/bin/bash -l`, a login shell) and `-r y` (rerun after a node failure).",
+    ]
 
 
 def schema() -> str:

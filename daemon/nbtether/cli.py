@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nbtether import __version__, service
+from nbtether.backends.kinds import refusal
 from nbtether.config import Settings, load_settings
 from nbtether.errors import AlreadyRunning, ConfigError
 from nbtether.spec import InvalidSpec, SessionSpec, check_files, load_sessions, session_files
@@ -150,7 +151,8 @@ def validate(
 ) -> None:
     """Check session files without touching any cluster; exit 1 if any is invalid."""
     config = settings()
-    specs = check_files(files or session_files(config.sessions_dir), config.clusters)
+    specs = check_files(files or session_files(config.sessions_dir), config.clusters,
+                        refuse=refusal(config.clusters))
     bad = 0
     for file, spec in specs.items():
         if isinstance(spec, InvalidSpec):
@@ -215,7 +217,8 @@ def check(
 
     configure(json=False, level=logging.ERROR)  # failures are reported below, not logged
     config = settings()
-    specs = load_sessions(config.sessions_dir, config.clusters)
+    specs = load_sessions(config.sessions_dir, config.clusters,
+                          refuse=refusal(config.clusters))
     if name is not None and not isinstance(specs.get(name), SessionSpec):
         spec = specs.get(name)
         why = spec.reason if isinstance(spec, InvalidSpec) else "no such session file"

@@ -18,6 +18,9 @@ from nbtether.errors import ConfigError
 
 ExpandedPath = Annotated[Path, AfterValidator(lambda p: Path(os.path.expandvars(p)).expanduser())]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+# A scheduler's name for a site setting (a parallel environment, a resource): it ends up in
+# directives, so nothing that a shell or the scheduler would read as more than a word.
+SiteWord = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
 
 
 def _xdg(variable: str, fallback: str) -> Path:
@@ -34,8 +37,10 @@ class ClusterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["slurm", "local"] = Field(
-        "slurm", description="`slurm`: jobs on a cluster over SSH; `local`: notebooks here."
+    kind: Literal["slurm", "sge", "local"] = Field(
+        "slurm",
+        description="`slurm` or `sge` (Grid Engine): jobs on a cluster over SSH; "
+        "`local`: notebooks here.",
     )
     host: str | None = Field(None, description="Host name or a Host alias from ~/.ssh/config.")
     user: str | None = Field(None, description="Login name (ssh config or local user otherwise).")
@@ -50,13 +55,24 @@ class ClusterConfig(BaseModel):
         description="ssh-agent socket; default $SSH_AUTH_SOCK (often unset under systemd).",
     )
     poll_interval: float = Field(
-        30.0, ge=30.0, description="Seconds between squeue calls for all sessions."
+        30.0, ge=30.0, description="Seconds between squeue (or qstat) calls for all sessions."
+    )
+
+    parallel_environment: SiteWord = Field(
+        "smp", description="`sge` only: the parallel environment that gives `cpus` slots "
+        "on one host."
+    )
+    memory_resource: SiteWord = Field(
+        "h_vmem", description="`sge` only: the resource that `mem` asks for (per slot)."
+    )
+    gpu_resource: SiteWord | None = Field(
+        None, description="`sge` only: the resource that `gpus` asks for, if the site has one."
     )
 
     @model_validator(mode="after")
-    def _slurm_needs_a_host(self) -> ClusterConfig:
-        if self.kind == "slurm" and not self.host:
-            raise ValueError("a cluster of kind slurm needs `host`")
+    def _batch_needs_a_host(self) -> ClusterConfig:
+        if self.kind != "local" and not self.host:
+            raise ValueError(f"a cluster of kind {self.kind} needs `host`")
         return self
 
 

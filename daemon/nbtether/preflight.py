@@ -1,8 +1,9 @@
 """`nbtether check`: preflight sessions against their clusters without submitting anything.
 
-Per session: SSH login and host key, the partition, `sbatch --test-only` with the very
-script a job would get, and Jupyter in the declared environment (module loads, conda,
-venv, in a login shell like the job's). `install=True` creates the declared venv and
+Per session: SSH login and host key, the partition (SLURM) or queue (Grid Engine), the
+scheduler's own verdict on the very script a job would get (`sbatch --test-only`,
+`qsub -w v`), and Jupyter in the declared environment (module loads, conda, venv, in a
+login shell like the job's). `install=True` creates the declared venv and
 installs jupyterlab there. Every value from a session file reaches the cluster's shell
 quoted (and the spec model already restricts it to a safe alphabet).
 """
@@ -20,8 +21,7 @@ from typing import Any, Literal
 
 import asyncssh
 
-from nbtether.backends import rendezvous
-from nbtether.backends import slurm_text as slurm
+from nbtether.backends import rendezvous, sge_text, slurm_text
 from nbtether.config import ClusterConfig, Settings
 from nbtether.errors import (
     AuthError,
@@ -90,10 +90,11 @@ async def check_sessions(
             for name in names:
                 checks = [login]
                 if login.status == "ok":
-                    checks += await _remote_checks(link, name, specs[name], instance, install)
+                    checks += await _remote_checks(link, name, specs[name], instance, install,
+                                                   settings)
                 else:
                     checks += [Check(n, "skip", "not checked: no login")
-                               for n in ("partition", "sbatch --test-only", "environment")]
+                               for n in (*_SCHEDULER_CHECKS[settings.kind], "environment")]
                 reports[name] = Report(name, cluster, checks)
         finally:
             await link.stop()
@@ -159,13 +160,24 @@ def _login_hint(error: NbtetherError, config: ClusterConfig) -> str:
 # --- on the cluster ------------------------------------------------------------------------
 
 
+_SCHEDULER_CHECKS = {"slurm": ("partition", "sbatch --test-only"),
+                     "sge": ("queue", "qsub -w v")}
+
+
 async def _remote_checks(
-    link: SshLink, name: str, spec: SessionSpec, instance: str, install: bool
+    link: SshLink, name: str, spec: SessionSpec, instance: str, install: bool,
+    cluster: ClusterConfig,
 ) -> list[Check]:
-    checks = [
-        await _guarded("partition", _partition(link, spec)),
-        await _guarded("sbatch --test-only", _test_only(link, name, spec, instance)),
-    ]
+    if cluster.kind == "sge":
+        checks = [
+            await _guarded("queue", _queue(link, spec)),
+            await _guarded("qsub -w v", _verify(link, name, spec, instance, cluster)),
+        ]
+    else:
+        checks = [
+            await _guarded("partition", _partition(link, spec)),
+            await _guarded("sbatch --test-only", _test_only(link, name, spec, instance)),
+        ]
     environment = await _guarded("environment", _environment(link, name, spec))
     if install and environment.status == "ok":
         checks.append(Check("install", "ok", "nothing to do: Jupyter is already there"))
@@ -222,7 +234,7 @@ async def _partition(link: SshLink, spec: SessionSpec) -> Check:
         return Check("partition", "fail", f"{detail} is {state}",
                      "jobs wait until the partition is up again; ask your admins, or pick "
                      "another partition")
-    longest = slurm.parse_time_left(limit)
+    longest = slurm_text.parse_time_left(limit)
     if longest is not None and spec.resources.time > longest:
         return Check("partition", "fail",
                      f"{detail}: walltime {format_walltime(spec.resources.time)} exceeds the "
@@ -252,10 +264,10 @@ _SBATCH_HINTS = (
 
 async def _test_only(link: SshLink, name: str, spec: SessionSpec, instance: str) -> Check:
     """sbatch --test-only with the job's own script on stdin: SLURM validates, submits nothing."""
-    script = slurm.render_script(spec, instance=instance, session=name)
+    script = slurm_text.render_script(spec, instance=instance, session=name)
     code, _, err = await _run(link, "sbatch --test-only", stdin=script, timeout=SBATCH_TIMEOUT)
     if code != 0:
-        message = slurm.submit_error(err)
+        message = slurm_text.submit_error(err)
         lowered = message.lower()
         hint = next((h for key, h in _SBATCH_HINTS if key in lowered),
                     "fix the session's resources; SLURM's message says which")
@@ -264,6 +276,43 @@ async def _test_only(link: SshLink, name: str, spec: SessionSpec, instance: str)
     if match is None:
         return Check("sbatch --test-only", "ok", _words(err) or "accepted")
     return Check("sbatch --test-only", "ok", f"would start at {match['when']}{match['rest']}")
+
+
+async def _queue(link: SshLink, spec: SessionSpec) -> Check:
+    """Grid Engine knows the queue, and its h_rt admits the walltime."""
+    queue = spec.resources.partition
+    if queue is None:
+        return Check("queue", "ok", "none declared: Grid Engine picks a queue that fits")
+    code, out, err = await _run(link, f"qconf -sq {shlex.quote(queue)}")
+    if code != 0:
+        _, known, _ = await _run(link, "qconf -sql")
+        names = ", ".join(known.split()) or "(qconf lists none)"
+        return Check("queue", "fail", _words(err or out) or f"no queue {queue}",
+                     f"set resources.partition to one of: {names}")
+    limit = next((line.split()[1] for line in out.splitlines()
+                  if line.startswith("h_rt ") and len(line.split()) == 2), "INFINITY")
+    longest = sge_text.parse_duration(limit)
+    if longest is not None and spec.resources.time > longest:
+        return Check("queue", "fail",
+                     f"{queue}: walltime {format_walltime(spec.resources.time)} exceeds the "
+                     f"queue's h_rt {limit}",
+                     "the job would never start: shorten resources.time or pick another queue")
+    return Check("queue", "ok", f"{queue} (h_rt {limit})")
+
+
+async def _verify(
+    link: SshLink, name: str, spec: SessionSpec, instance: str, cluster: ClusterConfig
+) -> Check:
+    """qsub -w v with the job's own script: Grid Engine says whether a queue fits, submits
+    nothing."""
+    script = sge_text.render_script(spec, instance=instance, session=name, cluster=cluster)
+    code, out, err = await _run(link, "qsub -w v", stdin=script, timeout=SBATCH_TIMEOUT)
+    said = _words(out + err)
+    if code != 0 or "no suitable queue" in said:
+        return Check("qsub -w v", "fail", sge_text.submit_error(out + err),
+                     "fix the session's resources, or the cluster's parallel_environment, "
+                     "memory_resource and gpu_resource in the config")
+    return Check("qsub -w v", "ok", said or "accepted")
 
 
 def _activation(spec: SessionSpec, *, venv: bool = True) -> list[str]:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from nbtether.backends import Backend, Streams
+from nbtether.backends.kinds import refusal
 from nbtether.config import Settings
 from nbtether.errors import LoginRequired, NbtetherError, PermanentError, SubmissionRejected
 from nbtether.jobs import Endpoint
@@ -71,7 +72,8 @@ class Reconciler:
             for record in self.records.values()
             if record.local_port is not None and record.phase in SERVING
         }
-        return load_sessions(self.settings.sessions_dir, self.settings.clusters, holders)
+        return load_sessions(self.settings.sessions_dir, self.settings.clusters, holders,
+                             refusal(self.settings.clusters))
 
     async def reconcile(self, name: str) -> float | None:
         """One pass over one session; returns when to look again (None: on events only)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -256,13 +256,20 @@ def session_files(directory: Path) -> list[Path]:
     return list(files.values())
 
 
+Refusal = Callable[["SessionSpec"], str | None]
+
+
 def check_files(
-    paths: Iterable[Path], clusters: Iterable[str], port_holders: Mapping[int, str] | None = None
+    paths: Iterable[Path],
+    clusters: Iterable[str],
+    port_holders: Mapping[int, str] | None = None,
+    refuse: Refusal | None = None,
 ) -> dict[Path, Spec]:
     """Validate session files, including what one file cannot check alone.
 
     `port_holders` maps ports to the sessions that already serve them, so that a new file
-    on a taken port is the one marked invalid, never the running session.
+    on a taken port is the one marked invalid, never the running session. `refuse` says
+    why a valid file asks its cluster for something it cannot give (`kinds.refusal`).
     """
     known = set(clusters)
     specs: dict[Path, Spec] = {}
@@ -276,15 +283,20 @@ def check_files(
         if isinstance(spec, SessionSpec) and spec.cluster not in known:
             names = ", ".join(sorted(known)) or "none configured"
             spec = InvalidSpec(f"cluster: unknown cluster {spec.cluster!r} ({names})")
+        elif isinstance(spec, SessionSpec) and refuse and (why := refuse(spec)):
+            spec = InvalidSpec(why)
         specs[path] = spec
     return _reject_shared_ports(specs, port_holders or {})
 
 
 def load_sessions(
-    directory: Path, clusters: Iterable[str], port_holders: Mapping[int, str] | None = None
+    directory: Path,
+    clusters: Iterable[str],
+    port_holders: Mapping[int, str] | None = None,
+    refuse: Refusal | None = None,
 ) -> dict[str, Spec]:
     """Every session in `directory` by name, validated together."""
-    checked = check_files(session_files(directory), clusters, port_holders)
+    checked = check_files(session_files(directory), clusters, port_holders, refuse)
     return {path.stem: spec for path, spec in checked.items()}
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from nbtether.backends import Backend
+from nbtether.backends import Backend, sge_text
 from nbtether.backends.batch import BatchBackend
 from nbtether.backends.local import LocalBackend
+from nbtether.backends.sge import SgeBackend
 from nbtether.backends.slurm import SlurmBackend
 from nbtether.config import ClusterConfig
+from nbtether.spec import Refusal, SessionSpec
 
-BATCH: dict[str, type[BatchBackend]] = {"slurm": SlurmBackend}
+BATCH: dict[str, type[BatchBackend]] = {"slurm": SlurmBackend, "sge": SgeBackend}
 
 
 def make_backend(
@@ -25,3 +27,15 @@ def make_backend(
     if config.kind == "local":
         return LocalBackend(name, state_root / "local", on_change)
     return BATCH[config.kind](name, config, instance, on_change)
+
+
+def refusal(clusters: Mapping[str, ClusterConfig]) -> Refusal:
+    """Why a session file asks its cluster's scheduler for what it has no word for."""
+
+    def refuse(spec: SessionSpec) -> str | None:
+        cluster = clusters.get(spec.cluster)
+        if cluster is not None and cluster.kind == "sge":
+            return sge_text.unsupported(spec, cluster)
+        return None
+
+    return refuse

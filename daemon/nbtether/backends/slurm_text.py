@@ -6,6 +6,7 @@ import re
 from datetime import datetime, timedelta
 
 from nbtether.backends import rendezvous
+from nbtether.config import ClusterConfig
 from nbtether.jobs import JobInfo
 from nbtether.spec import SessionSpec, format_walltime
 
@@ -46,8 +47,11 @@ JOB_VARS = rendezvous.JobVars(job_id="$SLURM_JOB_ID", run="${SLURM_RESTART_COUNT
                               node="$SLURMD_NODENAME")
 
 
-def render_script(spec: SessionSpec, *, instance: str, session: str) -> str:
+def render_script(spec: SessionSpec, *, instance: str, session: str,
+                  cluster: ClusterConfig | None = None) -> str:
     """The batch script for one job of a session, run in a login shell like the tutorial's.
+
+    SLURM needs no site settings from the `cluster`'s config: its directives say it all.
 
     Every directive value is validated to a safe alphabet by the session file's model.
     """
@@ -59,6 +63,7 @@ def render_script(spec: SessionSpec, *, instance: str, session: str) -> str:
     ])
 
 
+ACCOUNTING_DELAY = 0.0  # sacct knows a job as soon as squeue forgets it (MinJobAge)
 SUBMIT_COMMAND = "umask 077 && sbatch --parsable"  # the script comes on stdin; output is 0600
 POLL_NAME = "squeue"
 POLL_COMMAND = "squeue --me --states=all --noheader --format='%i|%T|%r|%N|%L|%j'"
