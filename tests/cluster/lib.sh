@@ -24,6 +24,7 @@ SLURM_DIR=$STATE/slurm
 SSHD_DIR=$STATE/sshd
 MFA_DIR=$STATE/sshd-mfa
 PASSWORD_DIR=$STATE/sshd-password
+SGE_DIR=$STATE/sge
 
 MUNGED_PID=$MUNGE_DIR/munged.pid
 MARIADBD_PID=$MYSQL_DIR/mariadbd.pid
@@ -34,8 +35,15 @@ SSHD_PID=$SSHD_DIR/sshd.pid
 MFA_PID=$MFA_DIR/sshd_mfa.pid
 PASSWORD_PID=$PASSWORD_DIR/sshd_password.pid
 PERSON_KNOWN_HOSTS=$STATE/known_hosts_person
+SGE_QMASTER_PID=$SGE_DIR/sge_qmaster.pid
+
+# Grid Engine from Debian's gridengine-* packages: its root and cell are theirs.
+export SGE_ROOT=/var/lib/gridengine SGE_CELL=default
+SGE_SPOOL=/var/spool/gridengine
+SGE_QUEUE=cpu  # named like the SLURM partition, so one session file fits both
 
 slurmd_pid() { echo "$SLURM_DIR/slurmd-$1.pid"; }
+sge_execd_pid() { echo "$SGE_DIR/sge_execd-$1.pid"; }
 
 # The program a pid file belongs to, from its name: slurmd-c1.pid -> slurmd.
 pidfile_program() {
@@ -56,6 +64,7 @@ is_running() {
 }
 
 ctld_up() { [[ $(scontrol ping 2>/dev/null) == *"is UP"* ]]; }
+qmaster_up() { qstat -u '*' >/dev/null 2>&1; }
 
 # Prints an error (and the tail of a log, if given) and exits non-zero.
 die() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings up the nbtether mini-cluster on this machine (Debian 12, as root): munge,
-# MariaDB + slurmdbd, slurmctld, two slurmd nodes c1/c2, an OpenSSH login node on
+# MariaDB + slurmdbd, slurmctld, two slurmd nodes c1/c2, a Grid Engine qmaster with
+# execution daemons on the same two nodes, an OpenSSH login node on
 # 127.0.0.1:2222 for the unprivileged user hpcuser, Lmod with a python module, and
 # jupyterlab in hpcuser's home; two more login nodes that need a person (127.0.0.1:2223:
 # key and TOTP code, 127.0.0.1:2224: password). Idempotent: daemons already running (pid file +
@@ -14,9 +15,12 @@ source "$HERE/lib.sh"
 trap 'die "unexpected failure (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 PACKAGES=(slurm-wlm slurmdbd munge mariadb-server openssh-server openssh-client lmod python3-venv procps
-  libpam-google-authenticator oathtool)
+  libpam-google-authenticator oathtool gridengine-master gridengine-exec gridengine-client gcc
+  libc6-dev)
 declare -A NODE_ADDR=([c1]=127.0.0.2 [c2]=127.0.0.3)
 declare -A NODE_PORT=([c1]=6821 [c2]=6822)
+# Each execd listens on its own port: both run on this machine.
+declare -A SGE_EXECD_PORT=([c1]=6445 [c2]=6446)
 MODULE_ROOT=/opt/modulefiles
 MODULE_BIN=/opt/apps/$PYTHON_MODULE/bin
 
@@ -76,6 +80,13 @@ install_packages() {
   echo "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   forbid_service_starts
+  # gridengine-master's postinst creates the cell (/var/lib/gridengine/default) and its
+  # spool when told to configure it; the qmaster names itself when it starts.
+  debconf-set-selections <<'EOF'
+gridengine-common shared/gridengineconfig boolean true
+gridengine-common shared/gridenginecell string default
+gridengine-common shared/gridenginemaster string localhost
+EOF
   # The package lists may be missing (fresh image) or stale: refresh them only then.
   apt-get install -qy "${missing[@]}" || { apt-get -q update && apt-get install -qy "${missing[@]}"; }
 }
@@ -438,6 +449,95 @@ EOF
     "$PASSWORD_DIR/sshd_password" -f "$PASSWORD_DIR/sshd_config" -E "$PASSWORD_DIR/sshd.log"
 }
 
+# --- Grid Engine ---------------------------------------------------------------------
+
+# Grid Engine identifies hosts by name and checks that a client's source address resolves
+# to the name it claims. Clients on the login node claim this machine's host name but
+# connect from 127.0.0.1 (`localhost`): the aliases file makes the two one host.
+write_sge_host_aliases() {
+  local aliases=localhost name
+  for name in $(hostname) $(hostname -s); do
+    [[ $name == localhost || " $aliases " == *" $name "* ]] || aliases+=" $name"
+  done
+  write_file "$SGE_ROOT/$SGE_CELL/common/host_aliases" 0644 sgeadmin:sgeadmin \
+    "$SGE_QMASTER_PID" <<<"$aliases"
+}
+
+start_qmaster() {
+  install -d -m 0755 -o sgeadmin -g sgeadmin "$SGE_DIR" "$SGE_SPOOL/execd"
+  write_sge_host_aliases
+  start_daemon sge_qmaster "$SGE_QMASTER_PID" "$SGE_DIR/sge_qmaster.log" \
+    env SGE_QMASTER_PIDFILE="$SGE_QMASTER_PID" /usr/sbin/sge_qmaster
+  wait_until 60 "sge_qmaster to answer qstat" "$SGE_SPOOL/qmaster/messages" qmaster_up
+}
+
+configure_sge() {
+  local node tmp
+  tmp=$(mktemp -d)
+  for node in "${NODES[@]}"; do
+    qconf -sh | grep -qx "$node" || qconf -ah "$node" >/dev/null
+  done
+  qconf -ss | grep -qx localhost || qconf -as localhost >/dev/null
+  # Schedule every 2 s instead of 15 s, so tests wait for jobs, not for the scheduler.
+  qconf -ssconf | sed -E 's/^(schedule_interval +).*/\10:0:2/' >"$tmp/sconf"
+  qconf -ssconf | cmp -s - "$tmp/sconf" || qconf -Msconf "$tmp/sconf" >/dev/null
+  cat >"$tmp/smp" <<'EOF'
+pe_name            smp
+slots              999
+user_lists         NONE
+xuser_lists        NONE
+start_proc_args    NONE
+stop_proc_args     NONE
+allocation_rule    $pe_slots
+control_slaves     FALSE
+job_is_first_task  TRUE
+urgency_slots      min
+accounting_summary FALSE
+qsort_args         NONE
+EOF
+  qconf -sp smp &>/dev/null || qconf -Ap "$tmp/smp" >/dev/null
+  if ! qconf -sq "$SGE_QUEUE" &>/dev/null; then
+    echo "grid engine: adding queue $SGE_QUEUE on ${NODES[*]}"
+    qconf -sq | sed -E -e "s/^(qname +).*/\1$SGE_QUEUE/" -e "s/^(hostlist +).*/\1${NODES[*]}/" \
+      >"$tmp/queue"
+    qconf -Aq "$tmp/queue" >/dev/null
+  fi
+  rm -rf "$tmp"
+  # Sixteen slots per node, as the SLURM nodes advertise. Jobs run bash as a login shell
+  # (`-S /bin/bash`, and bash is in login_shells), which gives them `module` as on a site.
+  # No load threshold: this machine's load says nothing about the nodes' capacity.
+  sge_queue_attr slots 16
+  sge_queue_attr pe_list smp
+  sge_queue_attr shell /bin/bash
+  sge_queue_attr load_thresholds NONE
+}
+
+# Sets attribute $1 of the queue to $2 unless it has that value.
+sge_queue_attr() {
+  [[ $(qconf -sq "$SGE_QUEUE" | awk -v key="$1" '$1 == key { print $2 }') == "$2" ]] ||
+    qconf -rattr queue "$1" "$2" "$SGE_QUEUE" >/dev/null
+}
+
+start_execds() {
+  local node shim=$SGE_DIR/bind_source.so
+  if [[ ! -f $shim || $HERE/bind_source.c -nt $shim ]]; then
+    gcc -shared -fPIC -O2 -Wall -o "$shim" "$HERE/bind_source.c" -ldl
+  fi
+  for node in "${NODES[@]}"; do
+    # Its own UTS namespace gives each execd its node's host name; the shim its address.
+    start_daemon "sge_execd $node" "$(sge_execd_pid "$node")" "$SGE_DIR/sge_execd-$node.log" \
+      env SGE_EXECD_PORT="${SGE_EXECD_PORT[$node]}" SGE_EXECD_PIDFILE="$(sge_execd_pid "$node")" \
+      NBT_SOURCE_ADDR="${NODE_ADDR[$node]}" LD_PRELOAD="$shim" \
+      unshare --uts sh -c 'hostname "$1" && exec /usr/sbin/sge_execd' sh "$node"
+  done
+}
+
+# Every execution host of the queue reports its load: its queue instance shows no state
+# letters (`au`, alarm and unknown, until its execd has reported).
+sge_nodes_usable() {
+  [[ $(qstat -f -q "$SGE_QUEUE" | awk '/@/ && NF == 5 { n++ } END { print n + 0 }') == "${#NODES[@]}" ]]
+}
+
 # --- the user's software and the daemon's config ----------------------------------
 
 # As a cluster user would: a venv from the module's Python, over an ssh login.
@@ -473,6 +573,13 @@ clusters:
     port: $PASSWORD_PORT
     user: $TEST_USER
     known_hosts: $PERSON_KNOWN_HOSTS
+  sge:
+    kind: sge
+    host: $LOGIN_ADDR
+    port: $LOGIN_PORT
+    user: $TEST_USER
+    identity_file: $STATE/id_ed25519
+    known_hosts: $STATE/known_hosts
 EOF
 }
 
@@ -512,6 +619,8 @@ wait_until_ready() {
   wait_until 60 "slurmd on ${NODES[*]} to register with slurmctld" "$log" nodes_responding
   resume_downed_nodes
   wait_until 30 "nodes ${NODES[*]} to be idle" "$log" nodes_usable
+  wait_until 60 "sge_execd on ${NODES[*]} to report to sge_qmaster" \
+    "$SGE_SPOOL/qmaster/messages" sge_nodes_usable
   login_shell "module load $PYTHON_MODULE && python --version" >/dev/null ||
     die "ssh login to $TEST_USER@$LOGIN_ADDR:$LOGIN_PORT with the module failed" "$SSHD_DIR/sshd.log"
 }
@@ -521,9 +630,10 @@ print_summary() {
 
 nbtether mini-cluster is up (${SECONDS}s). State, configs and logs: $STATE
 $(sinfo -h -N -p cpu -o '  node %N: %T, %c CPUs, %m MB memory')
+  grid engine: queue $SGE_QUEUE on ${NODES[*]} (qstat -f), cluster \`sge\` in the config
   login:   ssh -p $LOGIN_PORT -i $STATE/id_ed25519 -o UserKnownHostsFile=$STATE/known_hosts $TEST_USER@$LOGIN_ADDR
   daemon:  nbtether --config $STATE/config.yaml run
-  logs:    $STATE/{munge,mysql,slurm,sshd}/*.log
+  logs:    $STATE/{munge,mysql,slurm,sge,sshd}/*.log, $SGE_SPOOL/{qmaster,execd/*}/messages
   stop:    bash $HERE/stop.sh
 EOF
 }
@@ -542,6 +652,9 @@ main() {
   ensure_accounting
   start_slurmctld
   start_slurmds
+  start_qmaster
+  configure_sge
+  start_execds
   start_login_node
   write_person_known_hosts
   start_mfa_login_node

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops what start.sh started, each daemon by its pid file (never by name), in the
 # reverse order of starting, and waits until its process is gone. Jobs of the test
-# user are cancelled first so no slurmstepd outlives its slurmd. Idempotent.
+# user are cancelled first so no slurmstepd (or sge_shepherd) outlives its daemon.
+# Idempotent.
 set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -10,6 +11,7 @@ source "$HERE/lib.sh"
 trap 'die "unexpected failure (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 no_jobs_left() { [[ -z $(squeue -h -u "$TEST_USER") ]]; }
+no_sge_jobs_left() { [[ -z $(qstat -u "$TEST_USER") ]]; }
 
 # Jobs run under slurmstepd, which slurmd does not take down with it; a cancelled
 # job leaves squeue only once its steps have ended.
@@ -19,6 +21,17 @@ cancel_jobs() {
   echo "cancelling the jobs of $TEST_USER"
   scancel -u "$TEST_USER"
   wait_until 60 "the jobs of $TEST_USER to end" "$SLURM_DIR/slurmctld.log" no_jobs_left
+}
+
+# Grid Engine's jobs run under sge_shepherd, a child of their execd; deleting them first
+# lets each execd end its jobs itself.
+cancel_sge_jobs() {
+  is_running "$SGE_QMASTER_PID" && qmaster_up || return 0
+  no_sge_jobs_left && return 0
+  echo "deleting the Grid Engine jobs of $TEST_USER"
+  qdel -u "$TEST_USER" >/dev/null
+  wait_until 60 "the Grid Engine jobs of $TEST_USER to end" "$SGE_SPOOL/qmaster/messages" \
+    no_sge_jobs_left
 }
 
 # Waits up to $3 seconds for process $1 (program $2) to exit.
@@ -67,6 +80,7 @@ end_user_processes() {
 main() {
   [[ $EUID -eq 0 ]] || die "run me as root"
   cancel_jobs
+  cancel_sge_jobs
   # Ending sshd's children closes the open logins, not only the listener.
   stop_daemon "sshd :$LOGIN_PORT" "$SSHD_PID" children
   stop_daemon "sshd :$MFA_PORT" "$MFA_PID" children
@@ -78,6 +92,10 @@ main() {
   for node in "${NODES[@]}"; do
     stop_daemon "slurmd $node" "$(slurmd_pid "$node")"
   done
+  for node in "${NODES[@]}"; do
+    stop_daemon "sge_execd $node" "$(sge_execd_pid "$node")"
+  done
+  stop_daemon sge_qmaster "$SGE_QMASTER_PID"
   stop_daemon slurmctld "$SLURMCTLD_PID"
   stop_daemon slurmdbd "$SLURMDBD_PID"
   stop_daemon mariadbd "$MARIADBD_PID"
