@@ -12,9 +12,12 @@ from tests.e2e.harness import Daemon
 
 
 @pytest.fixture
-def daemon(tmp_path: Path, cluster: Cluster) -> Iterator[Daemon]:
-    """A started daemon with an empty sessions directory; its jobs are cancelled after."""
-    running = Daemon(tmp_path, cluster)
+def daemon(request: pytest.FixtureRequest, tmp_path: Path, cluster: Cluster) -> Iterator[Daemon]:
+    """A started daemon with an empty sessions directory; its jobs are cancelled after.
+
+    On SLURM, or on the scheduler named by indirect parametrization (`BOTH_SCHEDULERS`).
+    """
+    running = Daemon(tmp_path, cluster, scheduler=getattr(request, "param", "slurm"))
     running.start()
     yield running
     running.cleanup()

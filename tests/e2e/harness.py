@@ -10,10 +10,19 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from nbtether.backends import sge_text
 from tests.cluster import Cluster, wait_for
+
+# The schedulers of the mini-cluster. `@BOTH_SCHEDULERS` runs a test's `daemon` against each:
+# the same session files, the cluster `testbed` of kind `slurm` or `sge`.
+SCHEDULERS = ("slurm", "sge")
+BOTH_SCHEDULERS = pytest.mark.parametrize("daemon", SCHEDULERS, indirect=True)
 
 SESSION = """\
 cluster: {cluster}
@@ -78,11 +87,13 @@ class Daemon:
     """One daemon with its own config, sessions directory and state directory."""
 
     def __init__(self, root: Path, cluster: Cluster, testbed: str | None = None,
-                 more: str = "") -> None:
+                 more: str = "", scheduler: str = "slurm") -> None:
         """`testbed` replaces the keys of the `testbed` cluster (YAML, one key per line);
-        `more` is appended to the config as it is (more clusters, settings)."""
+        `more` is appended to the config as it is (more clusters, settings); `scheduler`
+        is the kind of the `testbed` cluster."""
         self.root = root
         self.cluster = cluster
+        self.scheduler = scheduler
         self.sessions = root / "sessions.d"
         self.state = root / "state"
         self.config = root / "config.yaml"
@@ -91,6 +102,7 @@ class Daemon:
         testbed = testbed or (
             f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
             f"identity_file: {cluster.identity_file}\nknown_hosts: {cluster.known_hosts}\n"
+            f"kind: {scheduler}\n"
         )
         keys = "".join(f"    {line}\n" for line in testbed.splitlines())
         self.config.write_text(
@@ -169,17 +181,43 @@ class Daemon:
         return (self.state / "instance").read_text().strip()
 
     def jobs(self, states: str = "all") -> list[tuple[str, str, str]]:
-        """(id, state, name) of this daemon's jobs in squeue."""
+        """(id, state, name) of this daemon's jobs in squeue, or in qstat with Grid Engine's
+        states in SLURM's words."""
         if not (self.state / "instance").exists():
             return []  # the daemon has not started far enough to submit anything
-        out = self.cluster.ssh(f"squeue --me -h -t {states} -o '%i|%T|%j'").stdout
+        if self.scheduler == "sge":
+            out = self.cluster.ssh(sge_text.POLL_COMMAND).stdout
+            rows = [(job.job_id, job.state, job.name)
+                    for job in sge_text.parse_poll(out, datetime.now(UTC))
+                    if states == "all" or job.state in states.split(",")]
+        else:
+            out = self.cluster.ssh(f"squeue --me -h -t {states} -o '%i|%T|%j'").stdout
+            rows = [(r[0], r[1], r[2]) for r in
+                    (line.split("|", 2) for line in out.splitlines() if line.strip())]
         prefix = f"nbtether-{self.instance}-"
-        rows = [tuple(line.split("|", 2)) for line in out.splitlines() if line.strip()]
-        return [(r[0], r[1], r[2]) for r in rows if r[2].startswith(prefix)]
+        return [row for row in rows if row[2].startswith(prefix)]
 
     def active_jobs(self) -> list[tuple[str, str, str]]:
         """This daemon's queued or running jobs."""
-        return self.jobs("PENDING,RUNNING,CONFIGURING,COMPLETING")
+        return self.jobs("PENDING,RUNNING,CONFIGURING,COMPLETING,REQUEUED")
+
+    def ended_jobs(self, session: str) -> list[tuple[str, str]]:
+        """(id, final state) of every job the daemon submitted for `session` that ended,
+        from the scheduler's accounting (sacct, qacct), which records them asynchronously:
+        this waits until at least one is recorded."""
+        name = f"nbtether-{self.instance}-{session}"
+
+        def recorded() -> list[tuple[str, str]]:
+            if self.scheduler == "sge":
+                out = self.cluster.ssh(f"qacct -j {name} 2>/dev/null; true").stdout
+                jobs = [job for record in out.split("\n=====")
+                        for job in sge_text.parse_final(record)]
+                return [(job.job_id, job.state) for job in jobs]
+            out = self.cluster.ssh(f"sacct -X -n -P --name={name} -S now-1hour "
+                                   "-o JobIDRaw,State").stdout
+            return [(row.split("|")[0], row.split("|")[1]) for row in out.splitlines() if row]
+
+        return wait_for(recorded, timeout=30, message=f"accounting records of {name}")
 
     def cleanup(self) -> None:
         """Stop the daemon and cancel whatever jobs it left."""
@@ -187,5 +225,6 @@ class Daemon:
             self.stop(signal.SIGKILL)
         if (self.state / "instance").exists():
             ids = [job_id for job_id, _, _ in self.active_jobs()]
+            cancel = "qdel" if self.scheduler == "sge" else "scancel"
             if ids:
-                self.cluster.ssh("scancel " + " ".join(ids), check=False)
+                self.cluster.ssh(f"{cancel} " + " ".join(ids), check=False)

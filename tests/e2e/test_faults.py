@@ -11,27 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import STATE_DIR, Cluster, start_cluster, wait_for
-from tests.e2e.harness import Daemon, free_port, http_status, session_yaml, token_of
+from tests.cluster import STATE_DIR, start_cluster, wait_for
+from tests.e2e.harness import (
+    BOTH_SCHEDULERS,
+    Daemon,
+    free_port,
+    http_status,
+    session_yaml,
+    token_of,
+)
 
 pytestmark = pytest.mark.e2e
 
 SLURMCTLD_PID = STATE_DIR / "slurm" / "slurmctld.pid"
 SSHD_PID = STATE_DIR / "sshd" / "sshd.pid"
-
-
-def sacct_jobs(cluster: Cluster, daemon: Daemon, session: str) -> list[tuple[str, str]]:
-    """(id, state) of every job the daemon ever submitted for `session`, from accounting.
-
-    slurmdbd records jobs asynchronously, so this waits until at least one is recorded.
-    """
-    name = f"nbtether-{daemon.instance}-{session}"
-
-    def recorded() -> list[tuple[str, str]]:
-        out = cluster.ssh(f"sacct -X -n -P --name={name} -S now-1hour -o JobIDRaw,State").stdout
-        return [(row.split("|")[0], row.split("|")[1]) for row in out.splitlines() if row]
-
-    return wait_for(recorded, timeout=30, message=f"accounting records of {name}")
 
 
 class Prober(threading.Thread):
@@ -57,6 +50,7 @@ class Prober(threading.Thread):
         self.join(timeout=10)
 
 
+@BOTH_SCHEDULERS
 def test_walltime_end_resubmits_at_the_same_url(daemon: Daemon) -> None:
     """A 1-minute job ends by walltime; a new job serves the same URL and restarts counts it."""
     port = free_port()
@@ -68,10 +62,11 @@ def test_walltime_end_resubmits_at_the_same_url(daemon: Daemon) -> None:
     assert second["url"] == first["url"]
     assert second["restarts"] >= 1
     assert http_status(f"http://127.0.0.1:{port}/api/status", token_of(second)) == 200
-    states = dict(sacct_jobs(daemon.cluster, daemon, "short"))
+    states = dict(daemon.ended_jobs("short"))
     assert states[str(first["job_id"])] == "TIMEOUT"
 
 
+@BOTH_SCHEDULERS
 def test_handover_keeps_the_url_answering(daemon: Daemon) -> None:
     """With handover, a probe every 0.2 s sees no failure while the next job takes over."""
     port = free_port()
@@ -135,7 +130,7 @@ def test_controller_outage_changes_nothing(daemon: Daemon) -> None:
              timeout=60, message="the daemon to see slurmctld again")
     row = daemon.status()["calm"]
     assert (row["phase"], row["job_id"], row["restarts"]) == ("ready", first["job_id"], 0)
-    assert [job_id for job_id, _ in sacct_jobs(daemon.cluster, daemon, "calm")] == [
+    assert [job_id for job_id, _ in daemon.ended_jobs("calm")] == [
         str(first["job_id"])]
 
 
@@ -154,6 +149,7 @@ def _kill_login_node() -> None:
             continue
 
 
+@BOTH_SCHEDULERS
 def test_login_node_outage_recovers_the_same_job(daemon: Daemon) -> None:
     """sshd killed with its connections for 15 s: the URL answers within 10 s of its return."""
     port = free_port()
@@ -177,6 +173,7 @@ def test_login_node_outage_recovers_the_same_job(daemon: Daemon) -> None:
     assert row["job_id"] == first["job_id"] and row["url"] == first["url"]
 
 
+@BOTH_SCHEDULERS
 def test_sigkill_never_duplicates_or_orphans(daemon: Daemon) -> None:
     """Killed right after sbatch and again while ready: one job ever, the same URL after."""
     port = free_port()
@@ -192,10 +189,11 @@ def test_sigkill_never_duplicates_or_orphans(daemon: Daemon) -> None:
              timeout=60, message="the URL to answer after the restart")
     again = daemon.wait_phase("tough", "ready", timeout=30)
     assert again["url"] == first["url"] and again["job_id"] == first["job_id"]
-    assert [job_id for job_id, _ in sacct_jobs(daemon.cluster, daemon, "tough")] == [
+    assert [job_id for job_id, _ in daemon.ended_jobs("tough")] == [
         str(first["job_id"])]
 
 
+@BOTH_SCHEDULERS
 def test_file_deleted_while_down_is_cancelled_on_start(daemon: Daemon) -> None:
     """SIGTERM keeps the job; a file deleted meanwhile has its job cancelled at start."""
     port = free_port()

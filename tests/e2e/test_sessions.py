@@ -14,6 +14,7 @@ import pytest
 
 from tests.cluster import wait_for
 from tests.e2e.harness import (
+    BOTH_SCHEDULERS,
     Daemon,
     free_port,
     http_status,
@@ -25,6 +26,7 @@ from tests.e2e.harness import (
 pytestmark = pytest.mark.e2e
 
 
+@BOTH_SCHEDULERS
 def test_drop_serves_the_notebook_and_delete_cancels_it(daemon: Daemon) -> None:
     """A dropped file becomes a ready notebook at its port; deleting it frees everything."""
     port = free_port()
@@ -43,6 +45,7 @@ def test_drop_serves_the_notebook_and_delete_cancels_it(daemon: Daemon) -> None:
     daemon.wait_gone("analysis", timeout=10)
 
 
+@BOTH_SCHEDULERS
 def test_two_sessions_edits_and_port_moves(daemon: Daemon) -> None:
     """Two sessions run side by side; a resource edit replaces the job, a port edit keeps it."""
     port_a, port_b, port_c = free_port(), free_port(), free_port()
