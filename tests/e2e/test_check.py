@@ -32,7 +32,7 @@ def rows(output: str) -> dict[str, tuple[str, str]]:
     found = {}
     for line in output.splitlines():
         match = re.match(r"  (OK|FAIL|SKIP)\s+(login|partition|sbatch --test-only|environment"
-                         r"|install|jupyter)\s+(.*)", line)
+                         r"|install|jupyter|queue|qsub -w v)\s+(.*)", line)
         if match:
             found[match[2]] = (match[1], match[3])
     return found
@@ -41,6 +41,23 @@ def rows(output: str) -> dict[str, tuple[str, str]]:
 def job_names(cluster: Cluster) -> list[str]:
     """Names of the test user's jobs that squeue knows, recently ended ones included."""
     return cluster.ssh("squeue --me -h -t all -o %j").stdout.split()
+
+
+def test_grid_engine_checks_its_queue_and_asks_qsub_to_verify(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """On Grid Engine: login, queue, qsub -w v and environment pass; too many CPUs fail."""
+    sge = Daemon(tmp_path, cluster, scheduler="sge")
+    sge.drop("good", session_yaml(free_port()))
+    sge.drop("huge", session_yaml(free_port()).replace("cpus: 1", "cpus: 64"))
+    result = sge.nbtether("check")
+    assert result.returncode == 1, result.stdout + result.stderr
+    good, huge = (rows(part) for part in result.stdout.split("\nhuge ", 1))
+    assert {name: status for name, (status, _) in good.items()} == {
+        "login": "OK", "queue": "OK", "qsub -w v": "OK", "environment": "OK"}
+    assert good["qsub -w v"][1] == "verification: found suitable queue(s)"
+    assert huge["qsub -w v"][0] == "FAIL"
+    assert 'cannot run in PE "smp" because it only offers' in huge["qsub -w v"][1]
 
 
 def test_a_good_session_passes_every_check_and_submits_nothing(

@@ -193,7 +193,6 @@ def test_sigkill_never_duplicates_or_orphans(daemon: Daemon) -> None:
         str(first["job_id"])]
 
 
-@BOTH_SCHEDULERS
 def test_file_deleted_while_down_is_cancelled_on_start(daemon: Daemon) -> None:
     """SIGTERM keeps the job; a file deleted meanwhile has its job cancelled at start."""
     port = free_port()
