@@ -201,18 +201,20 @@ class Daemon:
         """This daemon's queued or running jobs."""
         return self.jobs("PENDING,RUNNING,CONFIGURING,COMPLETING,REQUEUED")
 
-    def ended_jobs(self, session: str) -> list[tuple[str, str]]:
-        """(id, final state) of every job the daemon submitted for `session` that ended,
-        from the scheduler's accounting (sacct, qacct), which records them asynchronously:
-        this waits until at least one is recorded."""
+    def submitted_jobs(self, session: str) -> list[tuple[str, str]]:
+        """(id, state) of every job the daemon ever submitted for `session`, from the
+        accounting (sacct; Grid Engine's qacct, which knows ended jobs only, with qstat for
+        the others). Accounting is recorded asynchronously: this waits for one record."""
         name = f"nbtether-{self.instance}-{session}"
 
         def recorded() -> list[tuple[str, str]]:
             if self.scheduler == "sge":
                 out = self.cluster.ssh(f"qacct -j {name} 2>/dev/null; true").stdout
-                jobs = [job for record in out.split("\n=====")
-                        for job in sge_text.parse_final(record)]
-                return [(job.job_id, job.state) for job in jobs]
+                ended = {job.job_id: job.state for record in out.split("\n=====")
+                         for job in sge_text.parse_final(record)}
+                queued = {job_id: state for job_id, state, job_name in self.jobs()
+                          if job_name == name and job_id not in ended}
+                return sorted({**queued, **ended}.items(), key=lambda job: int(job[0]))
             out = self.cluster.ssh(f"sacct -X -n -P --name={name} -S now-1hour "
                                    "-o JobIDRaw,State").stdout
             return [(row.split("|")[0], row.split("|")[1]) for row in out.splitlines() if row]

@@ -62,7 +62,7 @@ def test_walltime_end_resubmits_at_the_same_url(daemon: Daemon) -> None:
     assert second["url"] == first["url"]
     assert second["restarts"] >= 1
     assert http_status(f"http://127.0.0.1:{port}/api/status", token_of(second)) == 200
-    states = dict(daemon.ended_jobs("short"))
+    states = dict(daemon.submitted_jobs("short"))
     assert states[str(first["job_id"])] == "TIMEOUT"
 
 
@@ -130,7 +130,7 @@ def test_controller_outage_changes_nothing(daemon: Daemon) -> None:
              timeout=60, message="the daemon to see slurmctld again")
     row = daemon.status()["calm"]
     assert (row["phase"], row["job_id"], row["restarts"]) == ("ready", first["job_id"], 0)
-    assert [job_id for job_id, _ in daemon.ended_jobs("calm")] == [
+    assert [job_id for job_id, _ in daemon.submitted_jobs("calm")] == [
         str(first["job_id"])]
 
 
@@ -189,7 +189,7 @@ def test_sigkill_never_duplicates_or_orphans(daemon: Daemon) -> None:
              timeout=60, message="the URL to answer after the restart")
     again = daemon.wait_phase("tough", "ready", timeout=30)
     assert again["url"] == first["url"] and again["job_id"] == first["job_id"]
-    assert [job_id for job_id, _ in daemon.ended_jobs("tough")] == [
+    assert [job_id for job_id, _ in daemon.submitted_jobs("tough")] == [
         str(first["job_id"])]
 
 
