@@ -50,12 +50,15 @@ def test_grid_engine_checks_its_queue_and_asks_qsub_to_verify(
     sge = Daemon(tmp_path, cluster, scheduler="sge")
     sge.drop("good", session_yaml(free_port()))
     sge.drop("huge", session_yaml(free_port()).replace("cpus: 1", "cpus: 64"))
-    result = sge.nbtether("check")
-    assert result.returncode == 1, result.stdout + result.stderr
-    good, huge = (rows(part) for part in result.stdout.split("\nhuge ", 1))
+    result = sge.nbtether("check", "good")
+    assert result.returncode == 0, result.stdout + result.stderr
+    good = rows(result.stdout)
     assert {name: status for name, (status, _) in good.items()} == {
         "login": "OK", "queue": "OK", "qsub -w v": "OK", "environment": "OK"}
     assert good["qsub -w v"][1] == "verification: found suitable queue(s)"
+    result = sge.nbtether("check", "huge")
+    assert result.returncode == 1, result.stdout + result.stderr
+    huge = rows(result.stdout)
     assert huge["qsub -w v"][0] == "FAIL"
     assert 'cannot run in PE "smp" because it only offers' in huge["qsub -w v"][1]
 
