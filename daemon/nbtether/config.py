@@ -55,7 +55,9 @@ class ClusterConfig(BaseModel):
         description="ssh-agent socket; default $SSH_AUTH_SOCK (often unset under systemd).",
     )
     poll_interval: float = Field(
-        30.0, ge=30.0, description="Seconds between squeue (or qstat) calls for all sessions."
+        60.0, ge=30.0,
+        description="Seconds between squeue (or qstat) calls for all sessions (never closer "
+        "than 40).",
     )
 
     parallel_environment: SiteWord = Field(

@@ -29,7 +29,7 @@ class Submit:
 
 @dataclass(frozen=True)
 class Cancel:
-    """Cancel jobs and wait until SLURM confirms they are gone."""
+    """Cancel jobs; their end is confirmed by a later look (their announcement or squeue)."""
 
     job_ids: tuple[str, ...]
 
@@ -122,7 +122,7 @@ def _plan_removal(record: Record, seen: Seen) -> Plan:
                               if job is not None and _active(job)))
     if jobs:
         record.message = "cancelling job " + ", ".join(jobs)
-        return Plan(record, [*actions, Cancel(tuple(jobs))], 0.0)
+        return Plan(record, [*actions, Cancel(tuple(jobs))], RECHECK)  # the end wakes it
     return Plan(None, [*actions, Forget()])
 
 

@@ -1,9 +1,10 @@
 """Batch schedulers over SSH: the I/O every scheduler backend shares.
 
 The scheduler is asked as little as possible: one poll (`squeue`, `qstat`) for all sessions
-per poll interval (30 s or more), the accounting (`sacct`, `qacct`) only for jobs that left
-the poll, and nothing in between. Jobs announce their notebook by writing a file that a
-watcher on the login node reports at once, so readiness costs no scheduler call at all.
+per poll interval, never two polls closer than MIN_POLL_GAP, the accounting (`sacct`,
+`qacct`) only for jobs that left the poll, and nothing in between. Jobs announce their
+notebook and their end by writing files that a watcher on the login node reports at once,
+so readiness, a walltime end and a confirmed cancellation cost no scheduler call at all.
 What differs between schedulers is text only: a `Scheduler` (`slurm_text`, `sge_text`).
 """
 
@@ -14,7 +15,7 @@ import re
 import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncssh
@@ -30,9 +31,13 @@ from nbtether.spec import SessionSpec
 log = structlog.get_logger(__name__)
 
 SUBMIT_TIMEOUT = 180.0  # sbatch retries busy controllers by itself for about two minutes
-EVENT_REFRESH_GAP = 10.0  # at most one event-driven poll per this many seconds
-SUBMIT_LOOK_DELAY = 3.0  # look at a new job once soon after submitting, for its reason/node
-CANCEL_CONFIRM_TIMEOUT = 60.0
+# Any two polls, periodic or asked for by an event, are at least this far apart: with
+# squeue's 2 RPCs per call that is at most 3 RPCs per minute, whatever happens.
+MIN_POLL_GAP = 40.0
+SUBMIT_LOOK_DELAY = 3.0  # look at a new job soon after submitting, for its reason/node/end
+TIMEOUT_SLACK = timedelta(seconds=5)  # an end this close to the walltime is the walltime
+CANCEL_AGAIN_AFTER = 60.0  # a cancelled job still running this long later is cancelled again
+PRUNE_EVERY = 600.0  # seconds between prunings of cached final states nobody asks about
 
 
 class Scheduler(Protocol):
@@ -98,8 +103,13 @@ class BatchBackend:
         self._endpoints: dict[str, Endpoint] = {}
         self._announced_at: dict[str, datetime] = {}
         self._runs: dict[str, int] = {}  # the latest run (SLURM_RESTART_COUNT) seen per job
+        self._ended: dict[str, datetime] = {}  # the job's latest run announced its end
+        self._reported: dict[str, set[str]] = {}  # announcement files the watcher reported
+        self._cancelled: dict[str, float] = {}  # cancel sent (monotonic), end not yet seen
+        self._asked: set[str] = set()  # jobs asked about since the last pruning
+        self._pruned_at = time.monotonic()
         self._poll_lock = asyncio.Lock()
-        self._last_look = -EVENT_REFRESH_GAP
+        self._last_poll = -MIN_POLL_GAP
         self._look_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.rpc_count = 0
@@ -125,10 +135,15 @@ class BatchBackend:
 
     async def _on_connected(self, conn: asyncssh.SSHClientConnection) -> None:
         self._soon(self._watch())
-        await self.poll()
+        if self._polled_at is None:
+            await self.poll()
+        else:
+            self.look_soon()  # a connection that comes and goes does not poll more often
 
     async def _watch(self) -> None:
-        script = rendezvous.watch_script(self.instance, self._watch_interval)
+        # Announcements already handled are not reported again after a reconnect.
+        known = sorted(name for names in self._reported.values() for name in names)
+        script = rendezvous.watch_script(self.instance, self._watch_interval, known)
         try:
             await self.link.stream_lines(bash(script), self._on_announcement)
         except (OSError, asyncssh.Error, ClusterUnreachable) as exc:
@@ -139,24 +154,51 @@ class BatchBackend:
         if parsed is None:
             return
         job_id, run, kind, fields = parsed
+        self._reported.setdefault(job_id, set()).add(f"{job_id}-{run}.{kind}")
         if run < self._runs.get(job_id, 0):
             return  # from before a requeue
+        if run > self._runs.get(job_id, 0):
+            self._ended.pop(job_id, None)
         self._runs[job_id] = run
+        now = datetime.now(UTC)
+        if job_id in self._ended:
+            return  # this run has ended already (the watcher lists files in name order)
         if kind == "ready" and len(fields) == 3 and fields[2].isdigit():
             self._endpoints[job_id] = Endpoint(node=fields[0], address=fields[1],
                                                port=int(fields[2]))
-            self._announced_at[job_id] = datetime.now(UTC)
-            self._notify(self._sessions_of([job_id]) or None)
+            self._announced_at[job_id] = now
+            cached = self._jobs.get(job_id)
+            if cached is None or cached.ends_at is None:
+                self.look_soon()  # learn its walltime end, to recognise that end at once
         elif kind == "end":
             self._endpoints.pop(job_id, None)
-            self.look_soon()
+            self._announced_at[job_id] = self._ended[job_id] = now
+            if self._ended_by(job_id) is None:
+                self.look_soon()  # neither its walltime nor our cancel: ask how it ended
+        else:
+            return
+        self._notify(self._sessions_of([job_id]) or None)
+
+    def _ended_by(self, job_id: str) -> JobInfo | None:
+        """How a job that announced its end ended, when its own announcements tell."""
+        ended_at = self._ended.get(job_id)
+        cached = self._jobs.get(job_id)
+        if ended_at is None or (cached is not None and cached.kind is JobState.ENDED):
+            return None  # still running, or the poll already knows better
+        name = cached.name if cached else ""
+        node = cached.node if cached else None
+        if job_id in self._cancelled:
+            return JobInfo(job_id=job_id, name=name, state="CANCELLED", node=node)
+        if cached is not None and cached.ends_at and ended_at >= cached.ends_at - TIMEOUT_SLACK:
+            return JobInfo(job_id=job_id, name=name, state="TIMEOUT", node=node)
+        return None
 
     def look_soon(self, delay: float = 0.0) -> None:
-        """Poll soon after an event; events close together share one call, and
-        event-driven calls are at least EVENT_REFRESH_GAP seconds apart."""
+        """Poll soon after an event; events close together share one call, and no poll
+        comes sooner than MIN_POLL_GAP after the previous one."""
         if self._look_scheduled:
             return
-        due = max(time.monotonic() + delay, self._last_look + EVENT_REFRESH_GAP)
+        due = max(time.monotonic() + delay, self._last_poll + MIN_POLL_GAP)
         self._look_scheduled = True
         self._soon(self._look_at(due))
 
@@ -165,7 +207,6 @@ class BatchBackend:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
         finally:
             self._look_scheduled = False
-        self._last_look = time.monotonic()
         await self.poll()
 
     def _soon(self, work: Coroutine[Any, Any, None]) -> None:
@@ -183,8 +224,13 @@ class BatchBackend:
         return sessions
 
     async def poll(self) -> None:
-        """Refresh the cache of this daemon's jobs with one poll, then wake sessions."""
+        """Refresh the cache of this daemon's jobs with one poll, then wake sessions.
+
+        Skipped when the previous poll was less than MIN_POLL_GAP ago."""
         async with self._poll_lock:
+            if time.monotonic() - self._last_poll < MIN_POLL_GAP:
+                return
+            self._last_poll = time.monotonic()
             started = datetime.now(UTC)
             try:
                 result = await self.link.run(self.scheduler.POLL_COMMAND)
@@ -206,6 +252,7 @@ class BatchBackend:
                 self._last_seen.update(dict.fromkeys(self._jobs, started))
                 self._polled_at = started
                 self._forget_stale_endpoints(started)
+                self._prune(started)
         self._notify(None)
 
     async def _observed(self, jobs: dict[str, JobInfo]) -> dict[str, JobInfo]:
@@ -219,12 +266,56 @@ class BatchBackend:
             waiting = job is not None and job.kind is not JobState.RUNNING
             if waiting and self._announced_at.get(job_id, polled_at) < polled_at:
                 del self._endpoints[job_id]
+                self._ended.pop(job_id, None)  # requeued after it announced its end
+
+    def _prune(self, polled_at: datetime) -> None:
+        """Forget jobs that have ended for good, here and in the run directory, so neither
+        grows with the number of jobs ever run."""
+        gone = [
+            job_id for job_id in self._runs
+            if self._announced_at.get(job_id, polled_at) < polled_at
+            and (job_id not in self._jobs or self._jobs[job_id].kind is JobState.ENDED)
+        ]
+        for job_id in gone:
+            for memo in (self._runs, self._endpoints, self._announced_at, self._ended,
+                         self._reported):
+                memo.pop(job_id, None)
+        for job_id in self._cancelled:
+            if job_id not in self._jobs:
+                # A cancelled job that left the poll has ended: no need to wait for the
+                # accounting to say so (Grid Engine's qacct lags behind qstat).
+                self._finished.setdefault(job_id, JobInfo(
+                    job_id=job_id, name="", state="CANCELLED", reason="by nbtether"))
+        self._cancelled = {job_id: at for job_id, at in self._cancelled.items()
+                           if job_id in self._jobs
+                           and self._jobs[job_id].kind is not JobState.ENDED}
+        self._last_seen = {
+            job_id: at for job_id, at in self._last_seen.items()
+            if job_id in self._jobs
+            or (polled_at - at).total_seconds() < self.scheduler.ACCOUNTING_DELAY
+        }
+        if gone:
+            self._soon(self._forget_files(gone))
+        if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
+            self._finished = {j: i for j, i in self._finished.items() if j in self._asked}
+            self._forgotten &= self._asked
+            self._asked.clear()
+            self._pruned_at = time.monotonic()
+
+    async def _forget_files(self, job_ids: list[str]) -> None:
+        try:
+            await self.link.run(rendezvous.forget_command(self.instance, job_ids))
+        except ClusterUnreachable as exc:
+            log.info("announcements not removed", cluster=self.name, error=str(exc))
 
     async def job(self, job_id: str, submitted_at: datetime | None) -> JobInfo | None:
         """The job as last seen; the accounting for jobs that the poll no longer lists."""
         problem = self.problem()
         if problem is not None:
             return unknown(job_id, str(problem))
+        self._asked.add(job_id)
+        if (ended := self._ended_by(job_id)) is not None:
+            return ended
         cached = self._jobs.get(job_id)
         endpoint = self._endpoints.get(job_id)
         fresh = bool(self._polled_at and submitted_at and submitted_at >= self._polled_at)
@@ -272,6 +363,7 @@ class BatchBackend:
             job for job in self._jobs.values()
             if rendezvous.session_of(job.name, self.instance) == session
             and job.kind not in (JobState.ENDED, JobState.UNKNOWN)
+            and self._ended_by(job.job_id) is None
         ]
 
     async def submit(self, session: str, spec: SessionSpec, token: str) -> str:
@@ -297,38 +389,25 @@ class BatchBackend:
         return job_id
 
     async def cancel(self, job_ids: list[str]) -> None:
-        """Cancel the jobs and drop their announcements."""
+        """Ask the scheduler to cancel the jobs, without waiting for them to end.
+
+        The end is confirmed later, by the job's own end announcement or by a poll; until
+        then the jobs still count as running, and cancelling them again sends nothing."""
+        now = time.monotonic()
+        job_ids = [job_id for job_id in job_ids
+                   if now - self._cancelled.get(job_id, -CANCEL_AGAIN_AFTER) >= CANCEL_AGAIN_AFTER]
         if not job_ids:
             return
-        result = await self.link.run(
-            f"{self.scheduler.cancel_command(job_ids)}; "
-            f"{rendezvous.forget_command(self.instance, job_ids)}")
+        result = await self.link.run(self.scheduler.cancel_command(job_ids))
         self.rpc_count += 1
         # The command's exit status is that of the cleanup after it: judge by the words.
         if self.scheduler.CONTROLLER_DOWN.search(_text(result.stderr)):
             raise ClusterUnreachable(_text(result.stderr).strip())
         for job_id in job_ids:
             self._endpoints.pop(job_id, None)
-        await self._confirm_gone(job_ids)
+            self._cancelled[job_id] = now
+        self.look_soon(1.0)  # a queued job announces no end: the next poll confirms it
         log.info("jobs cancelled", cluster=self.name, job_ids=job_ids)
-
-    async def _confirm_gone(self, job_ids: list[str]) -> None:
-        """Poll until the jobs have ended (the scheduler's kill grace time bounds this)."""
-        deadline = time.monotonic() + CANCEL_CONFIRM_TIMEOUT
-        delay = 0.5
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            await self.poll()
-            if not any(self._jobs.get(j) and self._jobs[j].kind is not JobState.ENDED
-                       for j in job_ids):
-                # A cancelled job that left the poll ended: no need to wait for the
-                # accounting to say so (Grid Engine's qacct lags behind qstat).
-                for job_id in job_ids:
-                    if job_id not in self._jobs:
-                        self._finished.setdefault(job_id, JobInfo(
-                            job_id=job_id, name="", state="CANCELLED", reason="by nbtether"))
-                return
-            delay = min(delay * 2, 5.0)
 
     async def release(self, session: str) -> None:
         """Remove the session's token file from the cluster."""

@@ -165,28 +165,37 @@ def checked_ids(job_ids: list[str]) -> list[str]:
 
 
 # Reports each new `<jobid>-<run>.ready` / `.end` in the run directory as one line, polling
-# the (shared) filesystem, never the scheduler. `read -t` waits on the channel's stdin, so
-# the loop forks nothing and ends by itself when the daemon's connection goes away.
+# the (shared) filesystem, never the scheduler. One glob per wake-up and no fork: `seen` is
+# rebuilt from what the directory holds, so it stays as small as the directory, and starts
+# with what the daemon already knows, so a reconnect does not report it again. `read -t`
+# waits on the channel's stdin, so the loop ends by itself when the connection goes away.
 _WATCH = """\
 mkdir -p {run} && cd {run} || exit 1
-seen=' '
+seen=' {known} '
 while :; do
-    for f in *.ready *.end; do
-        [ -f "$f" ] || continue
+    now=' '
+    for f in *; do
+        case "$f" in *.ready|*.end) ;; *) continue ;; esac
+        now="$now$f "
         case "$seen" in *" $f "*) continue ;; esac
-        seen="$seen$f "
         IFS= read -r line < "$f" || true
         printf '%s %s\\n' "$f" "$line"
     done
+    seen=$now
     read -r -t {interval} _
     [ $? -gt 128 ] || exit 0
 done
 """
 
 
-def watch_script(instance: str, interval: float) -> str:
-    """The login-node watcher of this daemon's run directory."""
-    return _WATCH.format(run=shlex.quote(run_dir(instance)), interval=interval)
+def watch_script(instance: str, interval: float, known: list[str]) -> str:
+    """The login-node watcher of this daemon's run directory; `known` announcement files
+    (`<jobid>-<run>.<kind>`) are not reported again."""
+    for name in known:
+        if not re.fullmatch(r"\d+-\d+\.(ready|end)", name):
+            raise ValueError(f"not an announcement file: {name!r}")
+    return _WATCH.format(run=shlex.quote(run_dir(instance)), interval=interval,
+                         known=" ".join(known))
 
 
 def parse_announcement(line: str) -> tuple[str, int, str, list[str]] | None:

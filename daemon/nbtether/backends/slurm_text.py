@@ -66,7 +66,9 @@ def render_script(spec: SessionSpec, *, instance: str, session: str,
 ACCOUNTING_DELAY = 0.0  # sacct knows a job as soon as squeue forgets it (MinJobAge)
 SUBMIT_COMMAND = "umask 077 && sbatch --parsable"  # the script comes on stdin; output is 0600
 POLL_NAME = "squeue"
-POLL_COMMAND = "squeue --me --states=all --noheader --format='%i|%T|%r|%N|%L|%j'"
+# `--local`: the jobs of the login node's own cluster, without asking for the federation
+# first; that makes one call 2 RPCs (the user's jobs, the partitions) instead of 3.
+POLL_COMMAND = "squeue --me --local --states=all --noheader --format='%i|%T|%r|%N|%L|%j'"
 
 
 def final_command(job_ids: list[str]) -> str:
