@@ -2,7 +2,7 @@
 write docs/benchmarks.md.
 
 Groups (each holds /tmp/nbtether-bench.lock while it runs, waiting for pytest runs first):
-`tunnel` (figures 1, 2, 7), `readiness` (3), `walltime` (4), `rpcs` (5, 6).
+`tunnel` (figures 1, 2, 7), `readiness` (3), `walltime` (4), `rpcs` (5, 6), `login` (8).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from tests.bench import polling, readiness, report, tunnels, walltime
+from tests.bench import login, polling, readiness, report, tunnels, walltime
 from tests.bench.common import (
     FigureResult,
     Hold,
@@ -24,7 +24,7 @@ from tests.bench.common import (
 )
 from tests.cluster import Cluster, start_cluster
 
-GROUPS = ("tunnel", "readiness", "walltime", "rpcs")
+GROUPS = ("tunnel", "readiness", "walltime", "rpcs", "login")
 COMMAND = "python -m tests.bench"
 
 
@@ -64,6 +64,13 @@ def rpcs_group(cluster: Cluster) -> list[FigureResult]:
     return noted(polling.results(samples), small, large)
 
 
+def login_group(cluster: Cluster) -> list[FigureResult]:
+    """Figure 8."""
+    with exclusive("login") as hold:
+        results = [login.run(cluster)]
+    return noted(results, hold)
+
+
 def guarded(name: str, work: Callable[[], list[FigureResult]]) -> list[FigureResult]:
     """Run one group; a failure becomes a row in the table instead of ending the run."""
     try:
@@ -96,6 +103,8 @@ def main() -> int:
         results += guarded("walltime", lambda: walltime_group(cluster))
     if "rpcs" in groups:
         results += guarded("rpcs", lambda: rpcs_group(cluster))
+    if "login" in groups:
+        results += guarded("login", lambda: login_group(cluster))
     report.print_results(results)
     say(f"measured in {(time.monotonic() - started) / 60:.0f} minutes")
     if not args.no_docs:

@@ -33,9 +33,11 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def session_text(port: int, time: str = "00:30:00", handover: str = "0s", mem: str = "300M") -> str:
-    """A session file for the testbed cluster with one CPU."""
-    return session_yaml(port, time=time, handover=handover, mem=mem)
+def session_text(port: int, time: str = "00:30:00", handover: str = "0s", mem: str = "300M",
+                 cpus: str = "1") -> str:
+    """A session file for the testbed cluster."""
+    return session_yaml(port, time=time, handover=handover, mem=mem).replace(
+        "  cpus: 1\n", f"  cpus: {int(cpus)}\n")
 
 
 # --- the lock that keeps the lead's e2e runs and the benchmarks apart -------------------
