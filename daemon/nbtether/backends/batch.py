@@ -242,6 +242,7 @@ class BatchBackend:
                 self._scheduler_error = (f"{self.scheduler.POLL_NAME} failed: "
                                          f"{_text(result.stderr).strip()}")
                 log.warning("poll failed", cluster=self.name, error=self._scheduler_error)
+                self.look_soon()  # again as soon as the gap allows, not a whole interval later
             else:
                 self._scheduler_error = None
                 self._jobs = await self._observed({
