@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 from tests.bench.common import BenchDaemon, FigureResult, Row, running_daemon, say
 from tests.bench.polling import _cpu_seconds, hpcuser_rpcs
@@ -26,10 +27,18 @@ def watcher_pid(instance: str) -> int:
     """The login-node watcher of this daemon instance (hpcuser's bash on its run directory)."""
     result = subprocess.run(["pgrep", "-u", "hpcuser", "-f", f".nbtether/{instance}/run"],
                             capture_output=True, text=True, check=False)
-    pids = [int(pid) for pid in result.stdout.split()]
+    pids = [int(pid) for pid in result.stdout.split()
+            if "read -r -t" in _cmdline(int(pid))]  # not a passing `rm` of that directory
     if len(pids) != 1:
         raise RuntimeError(f"expected one watcher of {instance}, found {pids}")
     return pids[0]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def phases(daemon: BenchDaemon, names: list[str]) -> dict[str, int]:
