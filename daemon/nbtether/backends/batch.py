@@ -86,7 +86,7 @@ class BatchBackend:
         config: ClusterConfig,
         instance: str,
         on_change: Callable[[set[str] | None], None],
-        watch_interval: float = 0.1,
+        watch_interval: float = 0.25,  # each wake-up of bash costs the login node CPU
     ) -> None:
         self.name = name
         self.config = config
