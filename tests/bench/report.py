@@ -218,10 +218,12 @@ EXPLAIN = {
        "connections from the login node's sshd to the Jupyter port "
        "(`ss -tnp state established '( dport = :<port> )'`, sshd processes) must return "
        "to their count before the test.",
-    8: "Eight sessions of 8 CPUs each: the two 16-CPU nodes run four, the other four wait "
-       "(`queued: Resources`). Over 600 s: (utime + stime) of the daemon's watcher, the "
-       "`bash` loop on the login node (/proc/<pid>/stat; the login node is this machine), "
-       "hpcuser's slurmctld RPCs (`sdiag`), and afterwards the files in the run directory.",
+    8: "With eight ready sessions, (utime + stime) of the daemon's watcher, the `bash` loop "
+       "on the login node (/proc/<pid>/stat; the login node is this machine), over 600 s; "
+       "afterwards the files in the run directory.",
+    9: "Eight sessions of 8 CPUs each: the two 16-CPU nodes run four, the other four wait "
+       "(`queued: Resources`). hpcuser's slurmctld RPCs (`sdiag`) over 120 s, starting half "
+       "a poll period after a poll.",
 }
 
 
@@ -271,10 +273,10 @@ def write_page(results: list[FigureResult], failed: list[FigureResult], command:
         "`pip install -e '.[bench]'`; it starts the mini-cluster with "
         "`tests/cluster/start.sh` first and takes about 30 minutes). `--only GROUP,…` "
         "re-measures some figures (groups: tunnel = 1, 2, 7; readiness = 3; walltime = 4; "
-        "rpcs = 5, 6; login = 8) and keeps the others from docs/benchmarks.json; each section says "
-        "when it was measured. Every figure compares two things measured in the same run "
-        "(a ratio or a difference), never absolute numbers across runs: the mini-cluster "
-        "shares two cores with everything else. Traffic stays on 127.0.0.0/8.",
+        "rpcs = 5, 6, 9; login = 8) and keeps the others from docs/benchmarks.json; each "
+        "section says when it was measured. Every figure compares two things measured in "
+        "the same run (a ratio or a difference), never absolute numbers across runs: the "
+        "mini-cluster shares two cores with everything else. Traffic stays on 127.0.0.0/8.",
         "",
         "## Machine",
         "",
