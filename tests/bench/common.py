@@ -43,10 +43,20 @@ def session_text(port: int, time: str = "00:30:00", handover: str = "0s", mem: s
 # --- the lock that keeps the lead's e2e runs and the benchmarks apart -------------------
 
 
+def _pytest_commands() -> set[str]:
+    """The command lines of pytest runs on this machine that use the cluster: Python
+    processes only (a `flock … pytest` still waiting for /tmp/cluster.lock runs nothing),
+    and not runs of tests/unit alone."""
+    result = subprocess.run(["pgrep", "-af", "pytest"], capture_output=True, text=True,
+                            check=False)
+    commands = (line.split(" ", 1)[-1] for line in result.stdout.splitlines())
+    return {c for c in commands
+            if Path(c.split(" ", 1)[0]).name.startswith("python") and not _unit_tests_only(c)}
+
+
 def _pytest_running() -> bool:
-    """True while any pytest process runs on this machine."""
-    result = subprocess.run(["pgrep", "-f", "pytest"], capture_output=True, text=True, check=False)
-    return bool(result.stdout.strip())
+    """True while a pytest run that uses the cluster runs on this machine."""
+    return bool(_pytest_commands())
 
 
 def _lock_is_stale() -> bool:
@@ -97,9 +107,11 @@ def release_lock() -> None:
 
 
 def _unit_tests_only(command: str) -> bool:
-    """True for a pytest command line that names only tests/unit (no cluster access)."""
+    """True for a pytest command line that names only tests outside tests/e2e (no cluster
+    access)."""
     paths = [word for word in command.split() if word.startswith("tests")]
-    return bool(paths) and all(path.startswith("tests/unit") for path in paths)
+    return bool(paths) and not any(path.rstrip("/") == "tests" or path.startswith("tests/e2e")
+                                   for path in paths)
 
 
 @dataclass
@@ -114,10 +126,7 @@ class Hold:
     def watch(self) -> None:
         """Note every pytest command line seen until the hold ends."""
         while not self._done.wait(2.0):
-            result = subprocess.run(["pgrep", "-af", "pytest"], capture_output=True, text=True,
-                                    check=False)
-            commands = (line.split(" ", 1)[-1] for line in result.stdout.splitlines())
-            self.intruders.update(c for c in commands if not _unit_tests_only(c))
+            self.intruders.update(_pytest_commands())
 
     def finish(self) -> None:
         """Stop watching."""
