@@ -2,7 +2,8 @@
 write docs/benchmarks.md.
 
 Groups (each holds /tmp/nbtether-bench.lock while it runs, waiting for pytest runs first):
-`tunnel` (figures 1, 2, 7), `readiness` (3), `walltime` (4), `rpcs` (5, 6, 9), `login` (8).
+`tunnel` (figures 1, 2, 7), `readiness` (3), `walltime` (4), `rpcs` (5, 6), `login` (8),
+`queue` (9).
 `login` measures one process on the login node and takes no hold.
 """
 
@@ -25,7 +26,7 @@ from tests.bench.common import (
 )
 from tests.cluster import Cluster, start_cluster
 
-GROUPS = ("tunnel", "readiness", "walltime", "rpcs", "login")
+GROUPS = ("tunnel", "readiness", "walltime", "rpcs", "login", "queue")
 COMMAND = "python -m tests.bench"
 
 
@@ -57,15 +58,19 @@ def walltime_group(cluster: Cluster) -> list[FigureResult]:
 
 
 def rpcs_group(cluster: Cluster) -> list[FigureResult]:
-    """Figures 5, 6 and 9, in three holds of the lock: 1 and 8 sessions, then 32, then a
-    full queue."""
+    """Figures 5 and 6, in two holds of the lock: 1 and 8 sessions, then 32."""
     with exclusive("rpcs 1+8") as small:
         samples = polling.run(cluster, [1, 8], "rpcs")
     with exclusive("rpcs 32") as large:
         samples += polling.run(cluster, [32], "rpcs32")
-    with exclusive("rpcs full queue") as full:
-        queued = [login.full_queue(cluster)]
-    return [*noted(polling.results(samples), small, large), *noted(queued, full)]
+    return noted(polling.results(samples), small, large)
+
+
+def queue_group(cluster: Cluster) -> list[FigureResult]:
+    """Figure 9."""
+    with exclusive("full queue") as hold:
+        results = [login.full_queue(cluster)]
+    return noted(results, hold)
 
 
 def login_group(cluster: Cluster) -> list[FigureResult]:
@@ -107,6 +112,8 @@ def main() -> int:
         results += guarded("rpcs", lambda: rpcs_group(cluster))
     if "login" in groups:
         results += guarded("login", lambda: login_group(cluster))
+    if "queue" in groups:
+        results += guarded("queue", lambda: queue_group(cluster))
     report.print_results(results)
     say(f"measured in {(time.monotonic() - started) / 60:.0f} minutes")
     if not args.no_docs:

@@ -273,7 +273,7 @@ def write_page(results: list[FigureResult], failed: list[FigureResult], command:
         "`pip install -e '.[bench]'`; it starts the mini-cluster with "
         "`tests/cluster/start.sh` first and takes about 30 minutes). `--only GROUP,…` "
         "re-measures some figures (groups: tunnel = 1, 2, 7; readiness = 3; walltime = 4; "
-        "rpcs = 5, 6, 9; login = 8) and keeps the others from docs/benchmarks.json; each "
+        "rpcs = 5, 6; login = 8; queue = 9) and keeps the others from docs/benchmarks.json; each "
         "section says when it was measured. Every figure compares two things measured in "
         "the same run (a ratio or a difference), never absolute numbers across runs: the "
         "mini-cluster shares two cores with everything else. Traffic stays on 127.0.0.0/8.",
