@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,9 @@ class StubLink:
 
     async def stop(self) -> None:
         """Nothing to close."""
+
+    async def stream_lines(self, command: str, on_line: Callable[[str], None]) -> None:
+        self.commands.append(command)
 
     def squeues(self) -> int:
         return sum(command.startswith("squeue") for command in self.commands)
@@ -133,6 +137,16 @@ async def test_ended_jobs_are_forgotten_with_their_announcement_files(no_gap: No
     assert removals == [f"rm -f {rendezvous.run_dir(INSTANCE)}/100-*"]
     assert slurm.endpoint("101") is not None
     assert "100" not in slurm._runs and "100" not in slurm._reported
+    await slurm.stop()
+
+
+async def test_a_new_watcher_skips_what_the_daemon_already_handled() -> None:
+    """After a reconnect the watcher starts from the announcements already reported."""
+    slurm, link, _ = backend(running("100", "2:00:00"))
+    slurm._on_announcement("100-0.ready c1 10.0.0.1 8888")
+    slurm._on_announcement("100-0.end 0")
+    await slurm._watch()
+    assert " 100-0.end 100-0.ready " in link.commands[-1]
     await slurm.stop()
 
 
