@@ -43,7 +43,7 @@ def commands_since(offset: int, port: int) -> int:
 
 @pytest.mark.parametrize("daemon", ["sge"], indirect=True)
 def test_one_qstat_per_interval_whatever_the_number_of_sessions(daemon: Daemon) -> None:
-    """With three ready sessions the daemon runs one command (qstat) per 30 s poll interval."""
+    """With three ready sessions the daemon runs one command (qstat) per 60 s poll interval."""
     for index in range(SESSIONS):
         daemon.drop(f"s{index}", session_yaml(free_port()))
     for index in range(SESSIONS):
@@ -52,8 +52,8 @@ def test_one_qstat_per_interval_whatever_the_number_of_sessions(daemon: Daemon) 
     port = connection_port(daemon.process.pid)
     offset = SSHD_LOG.stat().st_size
     started = time.monotonic()
-    wait_for(lambda: commands_since(offset, port) >= 3, timeout=120, interval=1,
-             message="three commands from the daemon")
+    wait_for(lambda: commands_since(offset, port) >= 2, timeout=150, interval=1,
+             message="two commands from the daemon")
     elapsed = time.monotonic() - started
-    # Three polls 30 s apart span at least 60 s; more commands per session would come sooner.
-    assert elapsed >= 55, f"3 commands in {elapsed:.0f} s: more than one qstat per interval"
+    # Two polls 60 s apart span at least 60 s; more commands per session would come sooner.
+    assert elapsed >= 55, f"2 commands in {elapsed:.0f} s: more than one qstat per interval"
