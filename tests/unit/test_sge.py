@@ -140,6 +140,17 @@ def test_parse_qacct_tells_how_a_job_ended(file: str, state: str) -> None:
     assert job.kind is JobState.ENDED
 
 
+def test_a_job_killed_at_its_h_rt_timed_out_whoever_killed_it() -> None:
+    """The captured walltime end, as a site whose execd enforces h_rt reports it (failed 100)."""
+    text = (CAPTURED / "sge-qacct-timeout.txt").read_text().replace(
+        "failed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit",
+        "failed       100 : assumedly after job")
+    (job,) = sge.parse_final(text)
+    assert job.state == "TIMEOUT"
+    (deleted,) = sge.parse_final((CAPTURED / "sge-qacct-qdel.txt").read_text())
+    assert deleted.state == "CANCELLED", "killed before its h_rt: deleted"
+
+
 def test_qacct_without_a_record_is_no_job() -> None:
     """An empty answer (no record yet, no accounting file) is not a job."""
     assert sge.parse_final("") == []

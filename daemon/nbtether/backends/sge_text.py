@@ -219,6 +219,16 @@ def parse_poll(stdout: str, now: datetime) -> list[JobInfo]:
     return jobs
 
 
+def _ran_out_of_time(fields: dict[str, str]) -> bool:
+    """Killed at its h_rt: sites where execd, not qmaster, enforces it report `failed 100`."""
+    limit = re.search(r"h_rt=([0-9:]+)", fields.get("category", ""))
+    ran = re.fullmatch(r"(\d+)s", fields.get("ru_wallclock", "").strip())
+    longest = parse_duration(limit[1]) if limit else None
+    if ran is None or longest is None:
+        return False
+    return timedelta(seconds=int(ran[1])) >= longest
+
+
 def parse_final(stdout: str) -> list[JobInfo]:
     """qacct's record: how the job ended, in SLURM's words."""
     fields: dict[str, str] = {}
@@ -232,7 +242,7 @@ def parse_final(stdout: str) -> list[JobInfo]:
     failed_text = fields.get("failed", "0")
     failed = int(failed_text.split(maxsplit=1)[0]) if failed_text[:1].isdigit() else -1
     exit_status = fields.get("exit_status", "0").split(maxsplit=1)[0]
-    if failed in TIMED_OUT:
+    if failed in TIMED_OUT or (exit_status == "137" and _ran_out_of_time(fields)):
         state = "TIMEOUT"
     elif failed in DELETED:
         state = "CANCELLED"
@@ -242,4 +252,4 @@ def parse_final(stdout: str) -> list[JobInfo]:
         state = "FAILED"
     node = fields.get("hostname")
     return [JobInfo(job_id=job_id, name=fields.get("jobname", ""), state=state,
-                    reason=failed_text if failed else "", node=node)]
+                    reason=" ".join(failed_text.split()) if failed else "", node=node)]
