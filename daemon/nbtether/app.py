@@ -7,14 +7,14 @@ import contextlib
 import os
 import signal
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
 
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from nbtether.backends import Backend
 from nbtether.backends.batch import BatchBackend
 from nbtether.backends.kinds import make_backend
+from nbtether.clock import Clock, every, system_clock
 from nbtether.config import Settings
 from nbtether.control import ControlServer, socket_path
 from nbtether.desktop import DesktopNotifier
@@ -29,13 +29,15 @@ from nbtether.workqueue import WorkQueue
 log = structlog.get_logger(__name__)
 
 RESYNC_SECONDS = 60.0  # look at every session even without events, in case one was missed
+HEARTBEAT_SECONDS = 5.0
 
 
 class Daemon:
     """`nbtether run`: reconcile until SIGTERM or SIGINT; jobs outlive the daemon."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
         self.settings = settings
+        self.clock = clock
         self.store = StateStore(settings.state_dir)
         self.stopping = asyncio.Event()
         self.notifier = Notifier()
@@ -43,6 +45,7 @@ class Daemon:
         self.queue = WorkQueue(self._reconcile)
         self.backends: dict[str, Backend] = {}
         self.reconciler: Reconciler | None = None
+        self._timers: list[asyncio.Task[None]] = []
 
     def _wake_cluster(self, cluster: str, sessions: set[str] | None) -> None:
         assert self.reconciler is not None
@@ -57,7 +60,8 @@ class Daemon:
             def wake(sessions: set[str] | None, cluster: str = name) -> None:
                 self._wake_cluster(cluster, sessions)
 
-            backends[name] = make_backend(name, config, instance, self.store.root, wake)
+            backends[name] = make_backend(name, config, instance, self.store.root, wake,
+                                          self.clock)
         return backends
 
     async def _login(self, cluster: str, person: Person) -> str:
@@ -87,40 +91,57 @@ class Daemon:
         phases = Counter(record.phase for record in self.reconciler.records.values())
         summary = ", ".join(f"{count} {phase}" for phase, count in sorted(phases.items()))
         self.notifier.send(f"STATUS={summary or 'no sessions'}")
-        self.store.write_status({"pid": os.getpid(), "heartbeat": datetime.now(UTC).isoformat()})
+        self.store.write_status({"pid": os.getpid(), "heartbeat": self.clock().isoformat()})
+
+    def _make_reconciler(self) -> Reconciler:
+        return Reconciler(
+            self.settings, self.store, self.backends, self.queue.add, self.clock,
+            on_phase=self.desktop.phase_changed if self.desktop else None,
+        )
+
+    def start(self) -> None:
+        """Connect the backends, start the timers and the workers, and look at every session."""
+        instance = self.store.instance_id()
+        self.backends = self._make_backends(instance)
+        self.reconciler = self._make_reconciler()
+        log.info("nbtether starting", instance=instance, sessions=str(self.settings.sessions_dir))
+        for backend in self.backends.values():
+            backend.start()
+            if isinstance(backend, BatchBackend):
+                self._every(backend.config.poll_interval, backend.poll)
+        self._every(RESYNC_SECONDS, self._resync)
+        self.queue.start()
+        self._resync()
+
+    def _every(self, seconds: float, tick: Callable[[], Awaitable[None] | None]) -> None:
+        self._timers.append(asyncio.create_task(every(seconds, tick)))
+
+    async def stop(self) -> None:
+        """Stop the timers, the workers, the ports and the backends; jobs keep running."""
+        for timer in self._timers:
+            timer.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
+        await self.queue.stop()
+        if self.reconciler is not None:
+            await self.reconciler.close()
+        for backend in self.backends.values():
+            await backend.stop()
 
     async def run(self) -> None:
         """Run until asked to stop."""
         self.store.lock()
-        instance = self.store.instance_id()
-        self.backends = self._make_backends(instance)
-        self.reconciler = Reconciler(
-            self.settings, self.store, self.backends, self.queue.add,
-            on_phase=self.desktop.phase_changed if self.desktop else None,
-        )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        log.info("nbtether starting", instance=instance, sessions=str(self.settings.sessions_dir))
-
-        scheduler = AsyncIOScheduler()
-        for backend in self.backends.values():
-            backend.start()
-            if isinstance(backend, BatchBackend):
-                scheduler.add_job(backend.poll, "interval", seconds=backend.config.poll_interval)
-        scheduler.add_job(self._resync, "interval", seconds=RESYNC_SECONDS)
-        scheduler.add_job(self._heartbeat, "interval", seconds=5)
-        if interval := self.notifier.watchdog_interval:
-            scheduler.add_job(self.notifier.send, "interval", seconds=interval,
-                              args=["WATCHDOG=1"])
-        scheduler.start()
+        self.start()
         control = ControlServer(socket_path(self.store.root), self._login)
         await control.start()
-        self.queue.start()
+        self._every(HEARTBEAT_SECONDS, self._heartbeat)
+        if interval := self.notifier.watchdog_interval:
+            self._every(interval, lambda: self.notifier.send("WATCHDOG=1"))
         watcher = asyncio.create_task(
             watch_sessions(self.settings.sessions_dir, self.queue.add, self.stopping)
         )
-        self._resync()
         await self.queue.wait_idle()
         self._heartbeat()
         self.notifier.send("READY=1")
@@ -129,13 +150,9 @@ class Daemon:
 
         self.notifier.send("STOPPING=1")
         log.info("nbtether stopping; jobs keep running")
-        scheduler.shutdown(wait=False)
         await control.close()
-        await self.queue.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        await self.reconciler.close()
-        for backend in self.backends.values():
-            await backend.stop()
+        await self.stop()
         if self.desktop is not None:
             self.desktop.close()

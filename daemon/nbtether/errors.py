@@ -1,18 +1,24 @@
-"""The errors of nbtether, split by what the daemon does next.
+"""The errors of nbtether, each carrying what the daemon does next (like kopf's).
 
     NbtetherError
-    ├── TemporaryError          retry later, with backoff; the session keeps its job
-    │   └── ClusterUnreachable  SSH connection or slurmctld not answering
-    └── PermanentError          stop and tell the user in `status`; no retry loop
+    ├── TemporaryError          retried after `delay` seconds; the session keeps its job
+    │   ├── ClusterUnreachable  SSH connection or slurmctld not answering
+    │   └── SubmissionUnconfirmed  sbatch ran but its answer could not be read
+    └── PermanentError          stop and tell the user in `status`; retried when the
+        │                       session file changes, never in a loop
         ├── ConfigError         the daemon config is unusable
         ├── AlreadyRunning      another daemon uses the same state directory
         ├── HostKeyError        the login node's host key is unknown or changed
         ├── AuthError           the cluster refused our credentials
         ├── LoginRequired       the login needs a person (code, password): `nbtether login`
         └── SubmissionRejected  SLURM refused the job (its message is kept verbatim)
+
+`plan()` reads the class and the delay; nothing else decides about retries.
 """
 
 from __future__ import annotations
+
+RETRY_DELAY = 30.0  # seconds before a temporary failure is tried again, unless it says
 
 
 class NbtetherError(Exception):
@@ -20,15 +26,23 @@ class NbtetherError(Exception):
 
 
 class TemporaryError(NbtetherError):
-    """A failure that may go away by itself; retried with backoff."""
+    """A failure that may go away by itself; tried again after `delay` seconds."""
+
+    def __init__(self, message: str = "", delay: float = RETRY_DELAY) -> None:
+        super().__init__(message)
+        self.delay = delay
 
 
 class ClusterUnreachable(TemporaryError):
     """The SSH connection is down or slurmctld does not answer."""
 
 
+class SubmissionUnconfirmed(TemporaryError):
+    """sbatch may have made a job whose id we could not read: wait for squeue to show it."""
+
+
 class PermanentError(NbtetherError):
-    """A failure that needs a person; never retried in a loop."""
+    """A failure that needs a person; retried when the session file changes, never in a loop."""
 
 
 class ConfigError(PermanentError):

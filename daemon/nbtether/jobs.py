@@ -62,6 +62,7 @@ class JobInfo:
     reason: str = ""
     node: str | None = None
     ends_at: datetime | None = None  # when the walltime runs out, if running
+    fingerprint: str | None = None  # of the session file the job was made from, if it says
 
     @property
     def base_state(self) -> str:

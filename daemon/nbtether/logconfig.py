@@ -38,5 +38,5 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for chatty in ("asyncssh", "apscheduler", "watchfiles"):
+    for chatty in ("asyncssh", "watchfiles"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

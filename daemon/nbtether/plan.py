@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from nbtether.errors import NbtetherError, PermanentError, SubmissionRejected, TemporaryError
 from nbtether.jobs import INTERRUPTED, Endpoint, JobInfo, JobState
 from nbtether.spec import InvalidSpec, SessionSpec, Spec
 from nbtether.state import Record
@@ -58,7 +59,20 @@ class Forget:
     """Drop the record: the session is gone."""
 
 
-Action = Submit | Cancel | Listen | Route | Unlisten | Forget
+@dataclass(frozen=True)
+class Reconnect:
+    """Log in to the cluster again now: a person may have fixed what blocked the login."""
+
+
+Action = Submit | Cancel | Listen | Route | Unlisten | Forget | Reconnect
+
+
+@dataclass(frozen=True)
+class SubmitFailed:
+    """The last `Submit` failed; `plan()` decides what follows from the error's kind."""
+
+    error: NbtetherError
+    successor: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +92,8 @@ class Seen:
     strays: tuple[JobInfo, ...] = ()  # queued/running jobs of this session the record lacks
     listening: int | None = None
     routed: Endpoint | None = None
-    port_error: str | None = None
+    port_error: str | None = None  # the last Listen failed: why, and who holds the port
+    submit_failed: SubmitFailed | None = None  # the last Submit failed
 
 
 @dataclass
@@ -104,7 +119,7 @@ def plan(spec: Spec | None, record: Record | None, seen: Seen, now: datetime) ->
     if spec is None:
         return _plan_removal(record, seen) if record else Plan(None)
     assert record is not None, "the caller creates a record (with its token) for a new file"
-    record = record.model_copy(deep=True)
+    record = record.model_copy()  # its fields are immutable values
     if isinstance(spec, InvalidSpec):
         record.phase, record.message = "invalid", spec.reason
         return Plan(record)
@@ -112,7 +127,7 @@ def plan(spec: Spec | None, record: Record | None, seen: Seen, now: datetime) ->
 
 
 def _plan_removal(record: Record, seen: Seen) -> Plan:
-    record = record.model_copy(deep=True)
+    record = record.model_copy()  # its fields are immutable values
     record.phase = "stopping"
     actions: list[Action] = [Unlisten()] if seen.listening is not None else []
     if seen.problem:
@@ -128,14 +143,31 @@ def _plan_removal(record: Record, seen: Seen) -> Plan:
 
 def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) -> Plan:
     fingerprint = spec.job_fingerprint()
-    record.local_port, record.app = spec.local_port, spec.jupyter.app
+    record.app = spec.jupyter.app
     out = Plan(record)
-    if seen.listening != spec.local_port:
-        out.actions.append(Listen(spec.local_port))
     if seen.port_error:
-        record.phase, record.message = "failed", seen.port_error
+        # Until the port is ours nothing else happens: no URL, no job changes.
+        record.local_port = spec.local_port
+        record.phase = "failed"
+        record.message = f"{seen.port_error}; trying again every {int(RECHECK)} s " \
+            "and whenever the file changes"
         out.requeue_after = RECHECK
         return out
+    if seen.listening != spec.local_port:
+        # Alone, so that a port that cannot be had leaves the record and the jobs as they are.
+        return Plan(record, [Listen(spec.local_port)], 0.0)
+    record.local_port = spec.local_port
+    changed = record.file_version is not None and seen.file_version != record.file_version
+    record.file_version = seen.file_version
+    failed = seen.submit_failed  # whatever else is seen, a failed sbatch sets the next try
+    if failed is not None and failed.successor:
+        record.no_handover_for, record.handover_error = record.job_id, _said(failed.error)
+    elif failed is not None and record.job_id is None:
+        if isinstance(failed.error, PermanentError):
+            return _give_up(out, record, attempt_key(spec, seen), _said(failed.error))
+        delay = failed.error.delay if isinstance(failed.error, TemporaryError) else RECHECK
+        record.retry_at = now + timedelta(seconds=delay)
+        record.last_end = f"submission failed: {failed.error}"
     if seen.login:
         # Jobs are left as they are: the cluster is not gone, it waits for a person.
         record.phase, record.message = "login", seen.problem or "login needed"
@@ -144,6 +176,8 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     if seen.problem:
         if seen.blocked:
             record.phase = "failed"  # the URL cannot work until a person fixes the login
+            if changed:
+                out.actions.append(Reconnect())
         record.message = f"cluster unreachable: {seen.problem}"
         out.requeue_after = RECHECK
         return out
@@ -153,17 +187,24 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     strays = [stray for stray in seen.strays if stray.job_id not in known]
     if strays and not _active(job) and record.successor_id is None:
         # A job we submitted but never recorded (the daemon died right after sbatch): adopt
-        # the newest instead of submitting another.
+        # the newest instead of submitting another. Its own comment says what shape it has;
+        # where the scheduler keeps no comment, it has the shape the record meant to submit.
         newest = max(strays, key=lambda stray: int(stray.job_id))
         strays.remove(newest)
-        record.job_id, record.fingerprint, record.endpoint = newest.job_id, fingerprint, None
+        record.job_id, record.endpoint = newest.job_id, None
+        record.fingerprint = newest.fingerprint or record.fingerprint
+        record.submitted_at = None
         job = newest
     if strays:
         out.actions.append(Cancel(tuple(stray.job_id for stray in strays)))
 
-    if record.given_up_on == attempt_key(spec, seen) and not _active(job):
-        record.phase = "failed"
-        return out
+    if record.given_up_on is not None and not _active(job):
+        if record.given_up_on == attempt_key(spec, seen):
+            record.phase = "failed"
+            return out
+        # The file was saved since: start afresh, as if the failed job had never been.
+        record.job_id = record.successor_id = None
+        record.failures, record.retry_at = 0, None
     record.given_up_on = None
 
     if record.job_id and record.fingerprint != fingerprint and _active(job):
@@ -177,8 +218,12 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     if record.job_id is None:
         return _submit(out, record, fingerprint, now)
     if job is None or job.kind is JobState.ENDED:
-        return _after_end(spec, record, job, seen, fingerprint, now, out)
+        return _after_end(spec, record, job, seen, fingerprint, now, out, saved=changed)
     return _follow_job(spec, record, job, seen, fingerprint, now, out)
+
+
+def _said(error: NbtetherError) -> str:
+    return f"rejected by SLURM: {error}" if isinstance(error, SubmissionRejected) else str(error)
 
 
 def _jobs_of(record: Record) -> tuple[str, ...]:
@@ -186,7 +231,9 @@ def _jobs_of(record: Record) -> tuple[str, ...]:
 
 
 def _submit(out: Plan, record: Record, fingerprint: str, now: datetime) -> Plan:
+    """Submit a job (last among the actions, so a failed sbatch undoes nothing)."""
     record.job_id, record.endpoint, record.ends_at = None, None, None
+    record.successor_id = None
     if record.retry_at and record.retry_at > now:
         wait = (record.retry_at - now).total_seconds()
         record.phase = "pending"
@@ -210,18 +257,23 @@ def _after_end(
     fingerprint: str,
     now: datetime,
     out: Plan,
+    *,
+    saved: bool,
 ) -> Plan:
     state = job.base_state if job else "GONE"
     said = job.state if job else "gone from squeue and sacct"
     if record.successor_id and _active(seen.successor):
         # The old job ended first: the successor simply becomes the job.
         record.job_id, record.successor_id = record.successor_id, None
+        record.submitted_at, record.successor_submitted_at = record.successor_submitted_at, None
         record.endpoint, record.ends_at = None, None
         record.restarts += 1
         record.phase, record.message = "pending", f"previous job ended ({said})"
         out.actions.append(Route(None))
         out.requeue_after = 0.0
         return out
+    # A successor that ended too (or was forgotten) is no successor: start afresh.
+    record.successor_id = record.successor_submitted_at = None
     policy = spec.restart.policy
     out.actions.append(Route(None))
     if state in INTERRUPTED or state == "GONE":
@@ -232,8 +284,12 @@ def _after_end(
         record.restarts += 1
         return _submit(out, record, fingerprint, now)
     if state == "CANCELLED":
-        return _give_up(out, record, attempt_key(spec, seen),
-                        f"job {record.job_id} was {said.lower()} outside nbtether")
+        if not saved:
+            return _give_up(out, record, attempt_key(spec, seen),
+                            f"job {record.job_id} was {said.lower()} outside nbtether")
+        record.last_end = f"job {record.job_id} ended ({said})"  # a file saved since: go on
+        record.restarts += 1
+        return _submit(out, record, fingerprint, now)
     if policy != "always":
         return _give_up(out, record, attempt_key(spec, seen),
                         f"job {record.job_id} ended ({said}); restart policy is {policy}")
@@ -272,14 +328,19 @@ def _follow_job(
     if kind is JobState.UNKNOWN:
         record.message = f"cannot see job {job.job_id}: {job.reason or job.state}"
         return out
-    if kind in (JobState.WAITING, JobState.HELD, JobState.PAUSED):
+    if kind in (JobState.WAITING, JobState.HELD, JobState.PAUSED, JobState.ENDING):
         if record.endpoint or seen.routed:
-            out.actions.append(Route(None))  # requeued or suspended: the old address is stale
+            out.actions.append(Route(None))  # requeued, suspended or ending: the address is stale
         record.endpoint = None
         record.phase = "pending"
         reason = job.reason or job.base_state.lower()
-        record.message = f"{job.base_state.lower()}: {reason}" if kind is not JobState.WAITING \
-            else f"queued: {reason}"
+        if kind is JobState.ENDING:
+            record.message = f"job {job.job_id} is ending ({job.base_state}); " \
+                "a new job follows once it has ended"
+        elif kind is JobState.WAITING:
+            record.message = f"queued: {reason}"
+        else:
+            record.message = f"{job.base_state.lower()}: {reason}"
         return out
     if seen.endpoint is None:
         record.phase, record.message = "starting", f"job running on {job.node or '?'}; " \
@@ -293,18 +354,19 @@ def _follow_job(
     if seen.routed != seen.endpoint:
         out.actions.append(Route(seen.endpoint))
     record.phase, record.message = "ready", _time_left(record, now)
-    return _handover(spec, record, seen, fingerprint, now, out)
+    return _handover(spec, record, seen, now, out)
 
 
-def _handover(
-    spec: SessionSpec, record: Record, seen: Seen, fingerprint: str, now: datetime, out: Plan
-) -> Plan:
+def _handover(spec: SessionSpec, record: Record, seen: Seen, now: datetime, out: Plan) -> Plan:
     lead, policy = spec.restart.handover, spec.restart.policy
     if record.ends_at is None:
         return out
     possible = policy != "never" and lead and lead < spec.resources.time
     if not possible or record.no_handover_for == record.job_id:
         left = record.ends_at - now
+        if record.no_handover_for == record.job_id and record.handover_error:
+            record.message = f"{_time_left(record, now)}; no successor " \
+                f"({record.handover_error}); a new job is submitted at walltime"
         if left <= max(lead, WARN_BEFORE):
             then = "the notebook stops then" if policy == "never" else \
                 "a new job is submitted then, at the same URL"
@@ -320,23 +382,26 @@ def _handover(
         out.actions.append(Submit(successor=True))
         out.requeue_after = 0.0
         return out
-    if successor is not None and successor.kind is JobState.ENDED:
+    if successor is None or successor.kind is JobState.ENDED:
         # Fall back to resubmitting when the walltime ends; one handover try per job.
-        record.successor_id, record.no_handover_for = None, record.job_id
+        said = successor.state if successor else "gone from squeue and sacct"
+        record.successor_id = record.successor_submitted_at = None
+        record.no_handover_for, record.handover_error = record.job_id, f"it ended: {said}"
         record.phase = "ready"
-        record.message = f"successor job ended ({successor.state}); will resubmit at walltime"
+        record.message = f"successor job ended ({said}); will resubmit at walltime"
         return out
     record.phase = "handover"
     if seen.successor_endpoint and seen.successor_answering:
         old = record.job_id
         out.actions += [Route(seen.successor_endpoint), Cancel((old,) if old else ())]
         record.job_id, record.successor_id = record.successor_id, None
+        record.submitted_at, record.successor_submitted_at = record.successor_submitted_at, None
         record.endpoint, record.ends_at = seen.successor_endpoint, None
         record.restarts += 1
         record.phase, record.message = "ready", "handed over to the successor job"
         out.requeue_after = 0.0
         return out
-    state = successor.state.lower() if successor else "submitted"
+    state = successor.state.lower()
     record.message = f"successor job {record.successor_id} {state}; {_time_left(record, now)}"
     out.requeue_after = PROBE_AGAIN if seen.successor_endpoint else min(RECHECK, 5.0)
     return out

@@ -1,55 +1,66 @@
 """Observe, plan, act, persist: one pass over one session.
 
 `plan()` decides; this module gathers what it needs to see (the file, the record, the
-job, the tunnel) and carries out its actions against the backends and the tunnels.
+job, the tunnel) and carries out its actions against the backends and the tunnels. The
+outcome of a failed `Listen` or `Submit` is observed like anything else and planned on at
+once, in the same pass; the record is written before the cluster is touched, so a daemon
+killed at any point restarts from what it meant to do.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
 
 import structlog
 
 from nbtether.backends import Backend, Streams
 from nbtether.backends.kinds import refusal
+from nbtether.clock import Clock, system_clock
 from nbtether.config import Settings
-from nbtether.errors import LoginRequired, NbtetherError, PermanentError, SubmissionRejected
+from nbtether.errors import LoginRequired, NbtetherError, PermanentError
 from nbtether.jobs import Endpoint
 from nbtether.plan import (
     Cancel,
     Forget,
     Listen,
     Plan,
+    Reconnect,
     Route,
     Seen,
     Submit,
+    SubmitFailed,
     Unlisten,
-    attempt_key,
     plan,
 )
 from nbtether.spec import SUFFIXES, SessionSpec, Spec, load_sessions
 from nbtether.state import Record, StateStore
-from nbtether.tunnel import Tunnel, probe
+from nbtether.tunnel import Opener, Tunnel, port_holder, probe
 
 log = structlog.get_logger(__name__)
 
 SERVING = ("pending", "starting", "ready", "handover", "login")
-SUBMIT_RETRY = timedelta(seconds=30)
+ROUNDS = 4  # plans per pass: a failed Listen or Submit is planned on at once
+
+TunnelFactory = Callable[[int, Opener, Callable[[], None]], Tunnel]
+Prober = Callable[[Opener, Endpoint, str], Awaitable[bool]]
 
 
 class Reconciler:
     """Makes each session's reality follow its file."""
 
-    def __init__(
+    def __init__(  # each part of the world it acts on is injectable, for the simulation
         self,
         settings: Settings,
         store: StateStore,
         backends: Mapping[str, Backend],
         wake: Callable[[str], None],
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock = system_clock,
         on_phase: Callable[[str, Record], None] | None = None,
+        tunnel: TunnelFactory = Tunnel,
+        prober: Prober = probe,
+        who_holds: Callable[[int], str | None] = port_holder,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -57,42 +68,56 @@ class Reconciler:
         self.records = store.load_all()
         self.tunnels: dict[str, Tunnel] = {}
         self._port_errors: dict[str, str] = {}
+        self._submit_failures: dict[str, SubmitFailed] = {}
         self._wake = wake
         self._clock = clock
         self._on_phase = on_phase  # told (old phase, new record) after each phase change
+        self._tunnel = tunnel
+        self._probe = prober
+        self._who_holds = who_holds
 
     def names(self) -> set[str]:
         """Every session that has a file or a record."""
         return set(self.load_specs()) | set(self.records)
 
     def load_specs(self) -> dict[str, Spec]:
-        """All session files, with ports already served kept by their sessions."""
+        """All session files, with ports already served kept by their sessions (an invalid
+        file keeps its port: it changes nothing that runs)."""
         holders = {
             record.local_port: record.name
             for record in self.records.values()
-            if record.local_port is not None and record.phase in SERVING
+            if record.local_port is not None and record.phase in (*SERVING, "invalid")
         }
+        holders.update({tunnel.port: name for name, tunnel in self.tunnels.items()})
         return load_sessions(self.settings.sessions_dir, self.settings.clusters, holders,
                              refusal(self.settings.clusters))
 
     async def reconcile(self, name: str) -> float | None:
         """One pass over one session; returns when to look again (None: on events only)."""
         spec = self.load_specs().get(name)
-        record = self.records.get(name)
-        if record is None:
+        before = self.records.get(name)
+        if before is None:
             if spec is None:
                 return None
-            record = Record.new(name)
-        if isinstance(spec, SessionSpec) and not record.cluster:
+            before = Record.new(name)
+        record = before.model_copy()
+        if isinstance(spec, SessionSpec):
             record.cluster = spec.cluster
         backend = self.backends.get(record.cluster)
-        seen = await self._observe(record, backend)
-        outcome = plan(spec, record, seen, self._clock())
-        if outcome.record is not None and isinstance(spec, SessionSpec):
-            outcome.record.cluster = spec.cluster
-        await self._act(name, spec, outcome, backend, seen)
-        if outcome.record is not None:
-            self._remember(record, outcome.record)
+        outcome = Plan(record)
+        for _ in range(ROUNDS):
+            seen = await self._observe(record, backend)
+            outcome = plan(spec, record, seen, self._clock())
+            if outcome.record is not None:
+                self._save(outcome.record)  # the intent, before anything is done about it
+            done = await self._act(name, spec, outcome, backend)
+            if outcome.record is None:
+                return None
+            record = outcome.record
+            self._save(record)
+            if done:
+                break
+        self._remember(before, record)
         return outcome.requeue_after
 
     def _file_version(self, name: str) -> str:
@@ -103,40 +128,42 @@ class Reconciler:
         return ""
 
     async def _observe(self, record: Record, backend: Backend | None) -> Seen:
-        tunnel = self.tunnels.get(record.name)
+        name = record.name
+        tunnel = self.tunnels.get(name)
         listening = tunnel.port if tunnel else None
         routed = tunnel.target if tunnel else None
-        port_error = self._port_errors.get(record.name)
+        own = Seen(
+            file_version=self._file_version(name),
+            listening=listening,
+            routed=routed,
+            port_error=self._port_errors.pop(name, None),
+            submit_failed=self._submit_failures.pop(name, None),
+        )
         if backend is None:
-            return Seen(problem=None if not record.job_id else "cluster no longer configured",
-                        listening=listening, routed=routed, port_error=port_error)
+            gone = None if not record.job_id else "cluster no longer configured"
+            return replace(own, problem=gone)
         problem = backend.problem()
         if problem:
-            return Seen(problem=str(problem), blocked=isinstance(problem, PermanentError),
-                        login=isinstance(problem, LoginRequired),
-                        listening=listening, routed=routed, port_error=port_error)
-        file_version = self._file_version(record.name)
+            return replace(own, problem=str(problem), blocked=isinstance(problem, PermanentError),
+                           login=isinstance(problem, LoginRequired))
         job = successor = None
         if record.job_id:
             job = await backend.job(record.job_id, record.submitted_at)
         if record.successor_id:
-            successor = await backend.job(record.successor_id, record.submitted_at)
+            successor = await backend.job(record.successor_id, record.successor_submitted_at)
         endpoint = backend.endpoint(record.job_id) if record.job_id else None
         successor_endpoint = (
             backend.endpoint(record.successor_id) if record.successor_id else None
         )
-        return Seen(
-            file_version=file_version,
+        return replace(
+            own,
             job=job,
             successor=successor,
             endpoint=endpoint,
             successor_endpoint=successor_endpoint,
             answering=await self._answers(record, backend, endpoint, routed),
             successor_answering=await self._answers(record, backend, successor_endpoint, None),
-            strays=tuple(backend.active_jobs(record.name)),
-            listening=listening,
-            routed=routed,
-            port_error=port_error,
+            strays=tuple(backend.active_jobs(name)),
         )
 
     async def _answers(
@@ -146,75 +173,68 @@ class Reconciler:
             return False
         if record.phase == "ready" and routed == endpoint:
             return True  # serving already; a failing connection wakes us up
-        return await probe(backend.open_connection, endpoint, record.token)
+        return await self._probe(backend.open_connection, endpoint, record.token)
 
     async def _act(
-        self, name: str, spec: Spec | None, outcome: Plan, backend: Backend | None, seen: Seen
-    ) -> None:
+        self, name: str, spec: Spec | None, outcome: Plan, backend: Backend | None
+    ) -> bool:
+        """Carry out the actions in order; False when one failed (its failure is observed)."""
         record = outcome.record
         for action in outcome.actions:
             match action:
                 case Listen(port):
                     if not await self._listen(name, port):
-                        return  # nothing else happens for a session without its port
+                        return False
                 case Route(endpoint):
                     if tunnel := self.tunnels.get(name):
                         tunnel.point(endpoint)
                 case Unlisten():
                     if tunnel := self.tunnels.pop(name, None):
                         await tunnel.close()
-                    self._port_errors.pop(name, None)
                 case Cancel(job_ids) if backend is not None and job_ids:
                     await backend.cancel(list(job_ids))
                 case Submit(successor) if isinstance(spec, SessionSpec) and record is not None:
-                    await self._submit(record, spec, seen, successor=successor)
+                    if not await self._submit(record, spec, successor=successor):
+                        return False
+                case Reconnect() if backend is not None:
+                    backend.reconnect()
                 case Forget():
                     if backend is not None:
                         with contextlib.suppress(NbtetherError):
                             await backend.release(name)
                     self.records.pop(name, None)
                     self.store.delete(name)
-                    self._port_errors.pop(name, None)
                     log.info("session removed", session=name)
+        return True
 
-    async def _submit(
-        self, record: Record, spec: SessionSpec, seen: Seen, *, successor: bool
-    ) -> None:
-        backend = self.backends[spec.cluster]
-        now = self._clock()
+    async def _submit(self, record: Record, spec: SessionSpec, *, successor: bool) -> bool:
         try:
-            job_id = await backend.submit(record.name, spec, record.token)
+            job_id = await self.backends[spec.cluster].submit(record.name, spec, record.token)
         except NbtetherError as exc:
-            reason = f"rejected by SLURM: {exc}" if isinstance(exc, SubmissionRejected) \
-                else str(exc)
-            if successor:
-                # The running job keeps serving; resubmit when its walltime ends instead.
-                record.phase, record.no_handover_for = "ready", record.job_id
-                record.message = f"cannot start a successor ({reason}); will resubmit at walltime"
-            elif isinstance(exc, PermanentError):
-                record.phase, record.message = "failed", reason
-                record.given_up_on = attempt_key(spec, seen)
-            else:
-                record.message = f"submission failed, will retry: {reason}"
-                record.retry_at = now + SUBMIT_RETRY
-            return
-        record.submitted_at = now
+            log.info("submission failed", session=record.name, error=str(exc))
+            self._submit_failures[record.name] = SubmitFailed(exc, successor)
+            return False
+        # When sbatch returned, not when the pass began: a poll that started before this
+        # may not list the job, and the job must read as "submitted", not as gone.
         if successor:
-            record.successor_id = job_id
+            record.successor_id, record.successor_submitted_at = job_id, self._clock()
         else:
-            record.job_id, record.message = job_id, "submitted"
+            record.job_id, record.submitted_at = job_id, self._clock()
+            record.message = "submitted"
+        return True
 
     async def _listen(self, name: str, port: int) -> bool:
         old = self.tunnels.get(name)
         if old is not None and old.port == port:
             return True
-        tunnel = Tunnel(port, self._opener(name), lambda: self._suspect(name))
+        tunnel = self._tunnel(port, self._opener(name), lambda: self._suspect(name))
         try:
             await tunnel.listen()
         except OSError as exc:
-            self._port_errors[name] = f"local_port: 127.0.0.1:{port} is not free ({exc.strerror})"
+            holder = self._who_holds(port) or "another program"
+            self._port_errors[name] = f"local_port: 127.0.0.1:{port} is held by {holder} " \
+                f"({exc.strerror})"
             return False
-        self._port_errors.pop(name, None)
         self.tunnels[name] = tunnel
         if old is not None:
             tunnel.point(old.target)
@@ -236,15 +256,17 @@ class Reconciler:
 
         return open_to
 
+    def _save(self, record: Record) -> None:
+        if record != self.records.get(record.name):  # most passes change nothing
+            self.store.save(record)
+            self.records[record.name] = record.model_copy()
+
     def _remember(self, before: Record, after: Record) -> None:
         if before.phase != after.phase or (
             after.phase != "ready" and before.message != after.message
         ):
             log.info("session changed", session=after.name, phase=after.phase,
                      message=after.message, job_id=after.job_id)
-        if after != before or after.name not in self.records:  # most passes change nothing
-            self.store.save(after)
-        self.records[after.name] = after
         if self._on_phase is not None and before.phase != after.phase:
             self._on_phase(before.phase, after)
 
@@ -253,4 +275,3 @@ class Reconciler:
         for tunnel in self.tunnels.values():
             await tunnel.close()
         self.tunnels.clear()
-

@@ -305,10 +305,19 @@ def _reject_shared_ports(
 ) -> dict[Path, Spec]:
     valid = {path.stem: (path, spec) for path, spec in specs.items()
              if isinstance(spec, SessionSpec)}
+    # A holder keeps its port while its file asks for it, and while its file is invalid,
+    # even if only because it asks for a port that another session holds: an invalid file
+    # changes nothing that runs. One kept port can make another file invalid: repeat.
+    keeps = {path.stem for path, spec in specs.items() if isinstance(spec, InvalidSpec)}
     owner: dict[int, str] = {}
-    for port, holder in holders.items():
-        if holder in valid and valid[holder][1].local_port == port:
-            owner[port] = holder
+    while True:
+        owner = {port: holder for port, holder in holders.items()
+                 if holder in keeps or (holder in valid and valid[holder][1].local_port == port)}
+        blocked = {name for name, (_, spec) in valid.items()
+                   if owner.get(spec.local_port, name) != name} - keeps
+        if not blocked:
+            break
+        keeps |= blocked
     for name, (path, spec) in valid.items():
         first = owner.setdefault(spec.local_port, name)
         if first != name:

@@ -40,13 +40,16 @@ class Record(BaseModel):
     endpoint: Endpoint | None = None
     successor_id: str | None = None  # a job started to take over from `job_id`
     no_handover_for: str | None = None  # the job whose successor failed: no second try
+    handover_error: str = ""  # why that successor failed
     restarts: int = 0
     failures: int = 0  # failed starts in a row
-    submitted_at: datetime | None = None
+    submitted_at: datetime | None = None  # of `job_id`
+    successor_submitted_at: datetime | None = None
     retry_at: datetime | None = None
     last_end: str = ""  # how the previous job ended, shown while waiting to resubmit
     ends_at: datetime | None = None  # walltime end of `job_id`
     given_up_on: str | None = None  # the attempt (plan.attempt_key) that failed for good
+    file_version: str | None = None  # of the session file when last planned
 
     @classmethod
     def new(cls, name: str, cluster: str = "", local_port: int | None = None) -> Record:

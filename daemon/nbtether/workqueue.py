@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 
 import structlog
+
+from nbtether.clock import monotonic
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +66,7 @@ class WorkQueue:
         if delay <= 0:
             self.add(key)
             return
-        due = time.monotonic() + delay
+        due = monotonic() + delay
         current = self._timers.get(key)
         if current and current[0] <= due:
             return

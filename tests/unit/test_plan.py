@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from nbtether.errors import SubmissionRejected, SubmissionUnconfirmed
 from nbtether.jobs import Endpoint, JobInfo
-from nbtether.plan import Cancel, Forget, Listen, Route, Seen, Submit, Unlisten, plan
+from nbtether.plan import (
+    Cancel,
+    Forget,
+    Listen,
+    Reconnect,
+    Route,
+    Seen,
+    Submit,
+    SubmitFailed,
+    Unlisten,
+    plan,
+)
 from nbtether.spec import InvalidSpec, SessionSpec
 from nbtether.state import Record
 
@@ -46,8 +59,10 @@ def seen(**fields: Any) -> Seen:
 
 CASES = [
     # (id, spec, record, seen, expected actions, expected phase)
-    ("new file submits and listens", SPEC, make_record(), seen(listening=None),
-     [Listen(8888), Route(None), Submit()], "pending"),
+    ("new file listens first, alone", SPEC, make_record(), seen(listening=None),
+     [Listen(8888)], "pending"),
+    ("new file with its port submits", SPEC, make_record(), seen(),
+     [Route(None), Submit()], "pending"),
     ("queued job shows its reason", SPEC, make_record(job_id="100"),
      seen(job=job("PENDING", reason="Resources")), [], "pending"),
     ("running without announcement is starting", SPEC, make_record(job_id="100"),
@@ -65,8 +80,10 @@ CASES = [
     ("a login to give leaves the running job alone", SPEC,
      make_record(job_id="100", phase="ready", endpoint=EP),
      seen(problem=LOGIN, blocked=True, login=True, routed=EP), [], "login"),
+    ("a new file on a cluster waiting for a login listens first", SPEC, make_record(),
+     seen(listening=None, problem=LOGIN, blocked=True, login=True), [Listen(8888)], "pending"),
     ("a new file on a cluster waiting for a login submits nothing", SPEC, make_record(),
-     seen(listening=None, problem=LOGIN, blocked=True, login=True), [Listen(8888)], "login"),
+     seen(problem=LOGIN, blocked=True, login=True), [], "login"),
     ("timeout resubmits", SPEC, make_record(job_id="100", phase="ready"),
      seen(job=job("TIMEOUT"), routed=EP), [Route(None), Submit()], "pending"),
     ("node failure resubmits", SPEC, make_record(job_id="100", phase="ready"),
@@ -94,10 +111,20 @@ CASES = [
      make_record(job_id="100", phase="ready"), seen(job=job("RUNNING"), routed=EP),
      [], "invalid"),
     ("a stray job is adopted instead of a new one", SPEC, make_record(),
-     seen(strays=(job("RUNNING", "101"),)), [], "starting"),
+     seen(strays=(job("RUNNING", "101", fingerprint=SPEC.job_fingerprint()),)), [], "starting"),
     ("only the newest stray is adopted", SPEC, make_record(),
-     seen(strays=(job("RUNNING", "101"), job("PENDING", "102"))), [Cancel(("101",))],
+     seen(strays=(job("RUNNING", "101", fingerprint=SPEC.job_fingerprint()),
+                  job("PENDING", "102", fingerprint=SPEC.job_fingerprint()))),
+     [Cancel(("101",))], "pending"),
+    ("a stray made from an older file is adopted, then replaced", SPEC, make_record(),
+     seen(strays=(job("RUNNING", "101", fingerprint="older"),)),
+     [Route(None), Cancel(("101",)), Submit()], "pending"),
+    ("a stray that does not say its shape is replaced", SPEC, make_record(),
+     seen(strays=(job("RUNNING", "101"),)), [Route(None), Cancel(("101",)), Submit()],
      "pending"),
+    ("a stray that does not say its shape has the one its record meant", SPEC,
+     make_record(fingerprint=SPEC.job_fingerprint()),
+     seen(strays=(job("RUNNING", "101"),)), [], "starting"),
     ("rejected spec stays failed until the file is saved again", SPEC,
      make_record(phase="failed", given_up_on=f"{SPEC.job_fingerprint()}@1"),
      seen(file_version="1"), [], "failed"),
@@ -109,7 +136,7 @@ CASES = [
      seen(problem="host key of hpc is unknown", blocked=True, routed=EP), [], "failed"),
     ("port in use is failed, nothing submitted", SPEC, make_record(),
      seen(listening=None, port_error="local_port: 127.0.0.1:8888 is not free"),
-     [Listen(8888)], "failed"),
+     [], "failed"),
 ]
 
 
@@ -244,3 +271,114 @@ def test_a_login_to_give_names_the_command_and_keeps_the_job() -> None:
     assert "`nbtether login hpc`" in outcome.record.message
     assert (outcome.record.job_id, outcome.record.failures, outcome.record.restarts) == \
         ("100", 1, 0)
+
+
+# Regression cases of issue #10 and of the ports issues, by bug.
+
+
+def test_port_move_to_a_busy_port_changes_no_job() -> None:
+    """A port edit plus a resource edit: the port is tried alone, and while it is busy the
+    job, its record and its shape stay as they are (an adopted job is never mislabelled)."""
+    spec = make_spec(local_port=9999, resources={"time": "02:00:00", "mem": "8G"})
+    record = make_record(job_id="100", phase="ready", endpoint=EP)
+    observed = seen(job=job("RUNNING"), endpoint=EP, answering=True, routed=EP)
+    first = plan(spec, record, observed, NOW)
+    assert first.actions == [Listen(9999)]
+    assert first.record == record
+    busy = replace(observed, port_error="local_port: 127.0.0.1:9999 is held by vim (pid 7)")
+    second = plan(spec, record, busy, NOW)
+    assert second.actions == []
+    assert second.record is not None and second.record.job_id == "100"
+    assert second.record.fingerprint == SPEC.job_fingerprint()
+
+
+def test_busy_port_shows_no_url_and_says_when_it_is_retried() -> None:
+    """A session whose port another program holds is failed, shows no URL, names the holder
+    and says that it is tried again."""
+    busy = seen(listening=None, port_error="local_port: 127.0.0.1:8888 is held by vim (pid 7)")
+    outcome = plan(SPEC, make_record(job_id="100", phase="ready"), busy, NOW)
+    assert outcome.record is not None and outcome.record.url is None
+    assert "vim (pid 7)" in outcome.record.message
+    assert "trying again every 30 s" in outcome.record.message
+    assert outcome.requeue_after == 30.0
+
+
+def test_both_jobs_ended_during_a_handover_starts_afresh() -> None:
+    """A laptop asleep through a handover: neither job runs, so a new job is submitted and
+    the old successor is forgotten (it would block every later handover)."""
+    record = make_record(job_id="100", successor_id="101", phase="handover")
+    outcome = plan(SPEC, record, seen(job=job("TIMEOUT"), successor=job("TIMEOUT", "101")), NOW)
+    assert Submit() in outcome.actions
+    assert outcome.record is not None and outcome.record.successor_id is None
+
+
+def test_successor_unknown_to_slurm_is_given_up_not_waited_for() -> None:
+    """A successor that squeue and sacct both forgot ends the handover try at once."""
+    spec = make_spec(restart={"handover": "10m"})
+    record = make_record(job_id="100", successor_id="101", phase="handover",
+                         fingerprint=spec.job_fingerprint())
+    running = job("RUNNING", ends_at=NOW + timedelta(minutes=5))
+    outcome = plan(spec, record, seen(job=running, endpoint=EP, answering=True, routed=EP), NOW)
+    assert outcome.record is not None
+    assert outcome.record.successor_id is None and outcome.record.phase == "ready"
+    assert outcome.record.no_handover_for == "100"
+
+
+def test_completing_job_is_not_starting_and_holds_connections() -> None:
+    """COMPLETING after the job's `.end`: the route is dropped and status says it is ending."""
+    record = make_record(job_id="100", phase="ready", endpoint=EP)
+    outcome = plan(SPEC, record, seen(job=job("COMPLETING"), endpoint=EP, routed=EP), NOW)
+    assert outcome.actions == [Route(None)]
+    assert outcome.record is not None and outcome.record.phase == "pending"
+    assert "ending (COMPLETING)" in outcome.record.message
+
+
+def test_successor_keeps_its_own_submission_time() -> None:
+    """A successor's submission time becomes the job's when it takes over; the job's own
+    time is not the successor's."""
+    earlier, later = NOW - timedelta(hours=2), NOW - timedelta(minutes=5)
+    record = make_record(job_id="100", successor_id="101", phase="handover",
+                         submitted_at=earlier, successor_submitted_at=later)
+    taken = plan(SPEC, record, seen(job=job("TIMEOUT"), successor=job("RUNNING", "101")), NOW)
+    assert taken.record is not None
+    assert (taken.record.job_id, taken.record.submitted_at) == ("101", later)
+    assert taken.record.successor_submitted_at is None
+
+
+def test_unconfirmed_submission_waits_for_squeue_instead_of_submitting_again() -> None:
+    """sbatch ran but its answer was lost: no second sbatch until squeue had its chance."""
+    failed = SubmitFailed(SubmissionUnconfirmed("unexpected sbatch output: ''", delay=30.0))
+    outcome = plan(SPEC, make_record(), seen(submit_failed=failed), NOW)
+    assert not any(isinstance(action, Submit) for action in outcome.actions)
+    assert outcome.record is not None and outcome.record.retry_at == NOW + timedelta(seconds=30)
+    stray = job("PENDING", "101", fingerprint=SPEC.job_fingerprint())
+    later = plan(SPEC, outcome.record, seen(strays=(stray,)), NOW + timedelta(seconds=5))
+    assert later.record is not None and later.record.job_id == "101"
+
+
+def test_rejected_submission_fails_and_a_save_retries() -> None:
+    """A rejection is permanent: failed with SLURM's words, until the file is saved again."""
+    failed = SubmitFailed(SubmissionRejected("Invalid account"))
+    outcome = plan(SPEC, make_record(), seen(file_version="1", submit_failed=failed), NOW)
+    assert outcome.record is not None and outcome.record.phase == "failed"
+    assert outcome.record.message == "rejected by SLURM: Invalid account"
+    assert plan(SPEC, outcome.record, seen(file_version="1"), NOW).actions == []
+    assert Submit() in plan(SPEC, outcome.record, seen(file_version="2"), NOW).actions
+
+
+def test_touching_the_file_retries_a_refused_login() -> None:
+    """Saving the file while the login is refused logs in again at once, and only then."""
+    record = make_record(job_id="100", phase="failed", file_version="1")
+    blocked = seen(problem="host key of hpc has changed", blocked=True, file_version="1")
+    assert plan(SPEC, record, blocked, NOW).actions == []
+    touched = plan(SPEC, record, replace(blocked, file_version="2"), NOW)
+    assert touched.actions == [Reconnect()]
+
+
+def test_failed_session_is_reconsidered_when_its_file_changes() -> None:
+    """A session that gave up on a cancelled job starts a new one once its file is saved."""
+    record = make_record(job_id="100", phase="failed", file_version="1",
+                         given_up_on=f"{SPEC.job_fingerprint()}@1")
+    outcome = plan(SPEC, record, seen(file_version="2", job=job("CANCELLED by 0")), NOW)
+    assert Submit() in outcome.actions
+    assert outcome.record is not None and outcome.record.phase == "pending"

@@ -29,10 +29,12 @@ def tutorial_spec(**jupyter: str) -> SessionSpec:
 
 def test_script_asks_for_the_declared_resources() -> None:
     """Each resource becomes one #SBATCH directive; unset ones are left out."""
-    script = slurm.render_script(tutorial_spec(), instance="abcd1234", session="analysis")
+    spec = tutorial_spec()
+    script = slurm.render_script(spec, instance="abcd1234", session="analysis")
     directives = [line for line in script.splitlines() if line.startswith("#SBATCH")]
     assert directives == [
         "#SBATCH --job-name=nbtether-abcd1234-analysis",
+        f"#SBATCH --comment=nbtether:{spec.job_fingerprint()}",
         "#SBATCH --output=.nbtether/abcd1234/analysis/slurm-%j.out",
         "#SBATCH --ntasks=1",
         "#SBATCH --cpus-per-task=1",
@@ -159,3 +161,11 @@ def test_announcements_name_job_and_run() -> None:
         "12", 1, "ready", ["c1", "127.0.0.2", "4000"])
     assert rendezvous.parse_announcement("12-0.end 0") == ("12", 0, "end", ["0"])
     assert rendezvous.parse_announcement("garbage") is None
+
+
+def test_parse_squeue_reads_the_shape_from_the_comment() -> None:
+    """A job's `nbtether:` comment gives its fingerprint; `(null)` (no comment) gives none."""
+    jobs = {job.job_id: job for job in
+            slurm.parse_poll((CAPTURED / "squeue-comments.txt").read_text(), NOW)}
+    assert jobs["15"].fingerprint == "abc123" and jobs["15"].name == "nbtether-simcap-x"
+    assert jobs["14"].fingerprint is None

@@ -35,6 +35,9 @@ class Backend(Protocol):
     async def job(self, job_id: str, submitted_at: datetime | None) -> JobInfo | None:
         """A job's state: `UNKNOWN` when it cannot be told, None when SLURM forgot it."""
 
+    def reconnect(self) -> None:
+        """Log in again now, without waiting out the pause after a refused login."""
+
     def look_soon(self, delay: float = 0.0) -> None:
         """Something looks wrong (e.g. the notebook stopped answering): refresh soon."""
 

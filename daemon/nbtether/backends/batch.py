@@ -13,17 +13,22 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import asyncssh
 import structlog
 
 from nbtether.backends import Streams, rendezvous
+from nbtether.clock import Clock, monotonic, system_clock
 from nbtether.config import ClusterConfig
-from nbtether.errors import ClusterUnreachable, NbtetherError, SubmissionRejected
+from nbtether.errors import (
+    ClusterUnreachable,
+    NbtetherError,
+    SubmissionRejected,
+    SubmissionUnconfirmed,
+)
 from nbtether.jobs import Endpoint, JobInfo, JobState, unknown
 from nbtether.remote import SshLink, bash
 from nbtether.spec import SessionSpec
@@ -38,6 +43,12 @@ SUBMIT_LOOK_DELAY = 3.0  # look at a new job soon after submitting, for its reas
 TIMEOUT_SLACK = timedelta(seconds=5)  # an end this close to the walltime is the walltime
 CANCEL_AGAIN_AFTER = 60.0  # a cancelled job still running this long later is cancelled again
 PRUNE_EVERY = 600.0  # seconds between prunings of cached final states nobody asks about
+
+LinkFactory = Callable[
+    [str, ClusterConfig, Callable[[asyncssh.SSHClientConnection], Awaitable[None]],
+     Callable[[], None]],
+    SshLink,
+]
 
 
 class Scheduler(Protocol):
@@ -87,13 +98,16 @@ class BatchBackend:
         instance: str,
         on_change: Callable[[set[str] | None], None],
         watch_interval: float = 0.25,  # each wake-up of bash costs the login node CPU
+        clock: Clock = system_clock,
+        link: LinkFactory = SshLink,  # the simulation passes a simulated login node
     ) -> None:
         self.name = name
         self.config = config
         self.instance = instance
         self._notify = on_change
         self._watch_interval = watch_interval
-        self.link = SshLink(name, config, self._on_connected, lambda: on_change(None))
+        self._clock = clock
+        self.link = link(name, config, self._on_connected, lambda: on_change(None))
         self._jobs: dict[str, JobInfo] = {}
         self._finished: dict[str, JobInfo] = {}  # final states from the accounting
         self._forgotten: set[str] = set()  # jobs neither the poll nor the accounting knows
@@ -107,7 +121,8 @@ class BatchBackend:
         self._reported: dict[str, set[str]] = {}  # announcement files the watcher reported
         self._cancelled: dict[str, float] = {}  # cancel sent (monotonic), end not yet seen
         self._asked: set[str] = set()  # jobs asked about since the last pruning
-        self._pruned_at = time.monotonic()
+        self._unconfirmed: dict[str, datetime] = {}  # session → when a submission got lost
+        self._pruned_at = -PRUNE_EVERY
         self._poll_lock = asyncio.Lock()
         self._last_poll = -MIN_POLL_GAP
         self._look_scheduled = False
@@ -160,7 +175,7 @@ class BatchBackend:
         if run > self._runs.get(job_id, 0):
             self._ended.pop(job_id, None)
         self._runs[job_id] = run
-        now = datetime.now(UTC)
+        now = self._clock()
         if job_id in self._ended:
             return  # this run has ended already (the watcher lists files in name order)
         if kind == "ready" and len(fields) == 3 and fields[2].isdigit():
@@ -193,18 +208,22 @@ class BatchBackend:
             return JobInfo(job_id=job_id, name=name, state="TIMEOUT", node=node)
         return None
 
+    def reconnect(self) -> None:
+        """Log in again now (a person may have fixed the host key or the credentials)."""
+        self.link.retry()
+
     def look_soon(self, delay: float = 0.0) -> None:
         """Poll soon after an event; events close together share one call, and no poll
         comes sooner than MIN_POLL_GAP after the previous one."""
         if self._look_scheduled:
             return
-        due = max(time.monotonic() + delay, self._last_poll + MIN_POLL_GAP)
+        due = max(monotonic() + delay, self._last_poll + MIN_POLL_GAP)
         self._look_scheduled = True
         self._soon(self._look_at(due))
 
     async def _look_at(self, due: float) -> None:
         try:
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await asyncio.sleep(max(0.0, due - monotonic()))
         finally:
             self._look_scheduled = False
         await self.poll()
@@ -228,13 +247,13 @@ class BatchBackend:
 
         Skipped when the previous poll was less than MIN_POLL_GAP ago."""
         async with self._poll_lock:
-            if time.monotonic() - self._last_poll < MIN_POLL_GAP:
+            if monotonic() - self._last_poll < MIN_POLL_GAP:
                 return
-            self._last_poll = time.monotonic()
-            started = datetime.now(UTC)
+            self._last_poll = monotonic()
+            started = self._clock()
             try:
                 result = await self.link.run(self.scheduler.POLL_COMMAND)
-            except ClusterUnreachable as exc:
+            except NbtetherError as exc:  # a refused login too: problem() tells the sessions
                 log.info("poll skipped", cluster=self.name, error=str(exc))
                 return
             self.rpc_count += 1
@@ -252,6 +271,7 @@ class BatchBackend:
                 })
                 self._last_seen.update(dict.fromkeys(self._jobs, started))
                 self._polled_at = started
+                self._unconfirmed = {s: at for s, at in self._unconfirmed.items() if at > started}
                 self._forget_stale_endpoints(started)
                 self._prune(started)
         self._notify(None)
@@ -261,11 +281,12 @@ class BatchBackend:
         return jobs
 
     def _forget_stale_endpoints(self, polled_at: datetime) -> None:
-        """A job that waits again (requeued) no longer serves where it announced before."""
+        """A job that waits again (requeued) or that the poll no longer lists at all (its
+        node died unseen, long ago) no longer serves where it announced before this poll."""
         for job_id in list(self._endpoints):
             job = self._jobs.get(job_id)
-            waiting = job is not None and job.kind is not JobState.RUNNING
-            if waiting and self._announced_at.get(job_id, polled_at) < polled_at:
+            serving = job is not None and job.kind is JobState.RUNNING
+            if not serving and self._announced_at.get(job_id, polled_at) < polled_at:
                 del self._endpoints[job_id]
                 self._ended.pop(job_id, None)  # requeued after it announced its end
 
@@ -297,11 +318,11 @@ class BatchBackend:
         }
         if gone:
             self._soon(self._forget_files(gone))
-        if time.monotonic() - self._pruned_at >= PRUNE_EVERY:
+        if monotonic() - self._pruned_at >= PRUNE_EVERY:
             self._finished = {j: i for j, i in self._finished.items() if j in self._asked}
             self._forgotten &= self._asked
             self._asked.clear()
-            self._pruned_at = time.monotonic()
+            self._pruned_at = monotonic()
 
     async def _forget_files(self, job_ids: list[str]) -> None:
         try:
@@ -338,7 +359,7 @@ class BatchBackend:
     async def _final(self, job_id: str) -> JobInfo | None:
         try:
             result = await self.link.run(self.scheduler.final_command([job_id]))
-        except ClusterUnreachable as exc:
+        except NbtetherError as exc:
             return unknown(job_id, str(exc))
         self.rpc_count += 1
         if result.exit_status != 0:
@@ -349,7 +370,7 @@ class BatchBackend:
                     self._finished[job_id] = job
                 return job
         seen = self._last_seen.get(job_id)
-        if seen and (datetime.now(UTC) - seen).total_seconds() < self.scheduler.ACCOUNTING_DELAY:
+        if seen and (self._clock() - seen).total_seconds() < self.scheduler.ACCOUNTING_DELAY:
             return unknown(job_id, "waiting for the accounting record")
         self._forgotten.add(job_id)  # no accounting record: asking again will not help
         return None
@@ -368,7 +389,16 @@ class BatchBackend:
         ]
 
     async def submit(self, session: str, spec: SessionSpec, token: str) -> str:
-        """Store the token (0600, through stdin) and submit the batch script (through stdin)."""
+        """Store the token (0600, through stdin) and submit the batch script (through stdin).
+
+        When a submission's answer was lost, the next waits for a poll that could show
+        the job it may have made (and that the reconciler then adopts).
+        """
+        lost = self._unconfirmed.get(session)
+        if lost is not None:
+            raise SubmissionUnconfirmed(
+                f"waiting for {self.scheduler.POLL_NAME} to show the job an earlier "
+                "submission may have made", delay=MIN_POLL_GAP)
         prepare = rendezvous.prepare_command(self.instance, session)
         prepared = await self.link.run(prepare, stdin=token)
         if prepared.exit_status != 0:
@@ -376,17 +406,26 @@ class BatchBackend:
                                      f"{_text(prepared.stderr).strip()}")
         script = self.scheduler.render_script(spec, instance=self.instance, session=session,
                                               cluster=self.config)
-        result = await self.link.run(self.scheduler.SUBMIT_COMMAND, stdin=script,
-                                     timeout=SUBMIT_TIMEOUT)
+        try:
+            result = await self.link.run(self.scheduler.SUBMIT_COMMAND, stdin=script,
+                                         timeout=SUBMIT_TIMEOUT)
+        except ClusterUnreachable as exc:  # sent, maybe run, answer lost
+            self._unconfirmed[session] = self._clock()
+            self.look_soon(SUBMIT_LOOK_DELAY)
+            raise SubmissionUnconfirmed(str(exc), delay=MIN_POLL_GAP) from exc
         self.rpc_count += 1
         if result.exit_status != 0:
             message = self.scheduler.submit_error(_text(result.stderr))
             if self.scheduler.CONTROLLER_DOWN.search(message):
                 raise ClusterUnreachable(message)
             raise SubmissionRejected(message)
-        job_id = self.scheduler.parse_submit(_text(result.stdout))
-        log.info("job submitted", cluster=self.name, session=session, job_id=job_id)
         self.look_soon(SUBMIT_LOOK_DELAY)
+        try:
+            job_id = self.scheduler.parse_submit(_text(result.stdout))
+        except ValueError as exc:  # the job may exist: the poll will show it, to be adopted
+            self._unconfirmed[session] = self._clock()
+            raise SubmissionUnconfirmed(str(exc), delay=MIN_POLL_GAP) from exc
+        log.info("job submitted", cluster=self.name, session=session, job_id=job_id)
         return job_id
 
     async def cancel(self, job_ids: list[str]) -> None:
@@ -394,7 +433,7 @@ class BatchBackend:
 
         The end is confirmed later, by the job's own end announcement or by a poll; until
         then the jobs still count as running, and cancelling them again sends nothing."""
-        now = time.monotonic()
+        now = monotonic()
         job_ids = [job_id for job_id in job_ids
                    if now - self._cancelled.get(job_id, -CANCEL_AGAIN_AFTER) >= CANCEL_AGAIN_AFTER]
         if not job_ids:

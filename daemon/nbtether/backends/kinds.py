@@ -10,6 +10,7 @@ from nbtether.backends.batch import BatchBackend
 from nbtether.backends.local import LocalBackend
 from nbtether.backends.sge import SgeBackend
 from nbtether.backends.slurm import SlurmBackend
+from nbtether.clock import Clock, system_clock
 from nbtether.config import ClusterConfig
 from nbtether.spec import Refusal, SessionSpec
 
@@ -22,11 +23,12 @@ def make_backend(
     instance: str,
     state_root: Path,
     on_change: Callable[[set[str] | None], None],
+    clock: Clock = system_clock,
 ) -> Backend:
     """The backend of one configured cluster, not yet started."""
     if config.kind == "local":
-        return LocalBackend(name, state_root / "local", on_change)
-    return BATCH[config.kind](name, config, instance, on_change)
+        return LocalBackend(name, state_root / "local", on_change, clock)
+    return BATCH[config.kind](name, config, instance, on_change, clock=clock)
 
 
 def refusal(clusters: Mapping[str, ClusterConfig]) -> Refusal:

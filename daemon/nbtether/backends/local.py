@@ -17,12 +17,13 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import structlog
 
 from nbtether.backends import Streams
+from nbtether.clock import Clock, system_clock
 from nbtether.errors import NbtetherError, SubmissionRejected
 from nbtether.jobs import Endpoint, JobInfo
 from nbtether.spec import SessionSpec
@@ -38,6 +39,7 @@ class _Job:
     pid: int
     port: int
     ends_at: datetime
+    fingerprint: str | None = None
     state: str = "RUNNING"
     announced: bool = False
 
@@ -45,9 +47,16 @@ class _Job:
 class LocalBackend:
     """Jupyter processes on this machine, managed like jobs."""
 
-    def __init__(self, name: str, root: Path, on_change: Callable[[set[str] | None], None]):
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        on_change: Callable[[set[str] | None], None],
+        clock: Clock = system_clock,
+    ) -> None:
         self.name = name
         self.root = root
+        self._clock = clock
         self._notify = on_change
         self._jobs: dict[str, _Job] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -59,7 +68,7 @@ class LocalBackend:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 data = json.loads(meta.read_text())
                 job = _Job(data["session"], int(data["pid"]), int(data["port"]),
-                           datetime.fromisoformat(data["ends_at"]))
+                           datetime.fromisoformat(data["ends_at"]), data.get("fingerprint"))
                 if _alive(job.pid):
                     self._jobs[str(job.pid)] = job
                     self._supervise(job, None)
@@ -84,6 +93,9 @@ class LocalBackend:
         return JobInfo(job_id=job_id, name=job.session, state=job.state, node="localhost",
                        ends_at=job.ends_at if job.state == "RUNNING" else None)
 
+    def reconnect(self) -> None:
+        """There is no login to retry."""
+
     def look_soon(self, delay: float = 0.0) -> None:
         """Local processes report their own ends; nothing to refresh."""
 
@@ -97,7 +109,8 @@ class LocalBackend:
     def active_jobs(self, session: str) -> list[JobInfo]:
         """Running notebooks of a session."""
         return [
-            JobInfo(job_id=job_id, name=session, state="RUNNING", node="localhost")
+            JobInfo(job_id=job_id, name=session, state="RUNNING", node="localhost",
+                    fingerprint=job.fingerprint)
             for job_id, job in self._jobs.items()
             if job.session == session and job.state == "RUNNING"
         ]
@@ -133,10 +146,11 @@ class LocalBackend:
                 raise SubmissionRejected(f"cannot start Jupyter: {exc}") from exc
         job_id = str(process.pid)
         output.rename(directory / f"job-{job_id}.out")
-        job = _Job(session, process.pid, port, datetime.now(UTC) + spec.resources.time)
+        job = _Job(session, process.pid, port, self._clock() + spec.resources.time,
+                   spec.job_fingerprint())
         self._jobs[job_id] = job
         meta = {"session": session, "pid": process.pid, "port": port,
-                "ends_at": job.ends_at.isoformat()}
+                "ends_at": job.ends_at.isoformat(), "fingerprint": job.fingerprint}
         (self.root / "jobs" / f"{job_id}.json").write_text(json.dumps(meta))
         self._supervise(job, process)
         return job_id
@@ -155,7 +169,7 @@ class LocalBackend:
                 self._notify({job.session})
                 break
             await asyncio.sleep(0.1)
-        left = (job.ends_at - datetime.now(UTC)).total_seconds()
+        left = (job.ends_at - self._clock()).total_seconds()
         exited = await _wait_exit(job.pid, process, max(left, 0.0))
         if exited is None:
             job.state = "TIMEOUT"

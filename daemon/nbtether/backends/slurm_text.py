@@ -10,6 +10,8 @@ from nbtether.config import ClusterConfig
 from nbtether.jobs import JobInfo
 from nbtether.spec import SessionSpec, format_walltime
 
+COMMENT_PREFIX = "nbtether:"  # the job's comment names the shape it was made from
+
 # Messages of SLURM clients that mean "the controller is not answering", not "no such job".
 CONTROLLER_DOWN = re.compile(
     r"Unable to contact slurm controller|Socket timed out|Connection refused"
@@ -27,6 +29,7 @@ def _directives(spec: SessionSpec, name: str, output: str) -> list[str]:
     res = spec.resources
     options: list[tuple[str, object]] = [
         ("job-name", name),
+        ("comment", f"{COMMENT_PREFIX}{spec.job_fingerprint()}"),
         ("output", output),
         ("ntasks", 1),
         ("cpus-per-task", res.cpus),
@@ -68,7 +71,7 @@ SUBMIT_COMMAND = "umask 077 && sbatch --parsable"  # the script comes on stdin; 
 POLL_NAME = "squeue"
 # `--local`: the jobs of the login node's own cluster, without asking for the federation
 # first; that makes one call 2 RPCs (the user's jobs, the partitions) instead of 3.
-POLL_COMMAND = "squeue --me --local --states=all --noheader --format='%i|%T|%r|%N|%L|%j'"
+POLL_COMMAND = "squeue --me --local --states=all --noheader --format='%i|%T|%r|%N|%L|%j|%k'"
 
 
 def final_command(job_ids: list[str]) -> str:
@@ -114,10 +117,11 @@ def parse_poll(stdout: str, now: datetime) -> list[JobInfo]:
     """Rows of POLL_COMMAND's output, with time left turned into an end time."""
     jobs = []
     for line in stdout.splitlines():
-        fields = line.strip().split("|", 5)
-        if len(fields) != 6 or not fields[0].isdigit():
+        fields = line.strip().split("|", 6)
+        if len(fields) < 6 or not fields[0].isdigit():
             continue
-        job_id, state, reason, node, left, name = fields
+        job_id, state, reason, node, left, name = fields[:6]
+        comment = fields[6] if len(fields) == 7 else ""  # none from daemons before comments
         time_left = parse_time_left(left)
         jobs.append(
             JobInfo(
@@ -127,6 +131,8 @@ def parse_poll(stdout: str, now: datetime) -> list[JobInfo]:
                 reason="" if reason == "None" else reason,
                 node=node or None,
                 ends_at=now + time_left if state == "RUNNING" and time_left else None,
+                fingerprint=comment.removeprefix(COMMENT_PREFIX)
+                if comment.startswith(COMMENT_PREFIX) else None,
             )
         )
     return jobs
