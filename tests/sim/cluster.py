@@ -200,7 +200,13 @@ class SimCluster:
             session = shlex.split(command)[6].rsplit("/", 1)[1]
             self.tokens[session] = stdin or ""
             return _done()
-        if command.startswith("rm -f "):
+        if command.startswith("rm -f ") and "/run/" in command:  # announcements
+            for word in shlex.split(command)[2:]:
+                prefix = word.rsplit("/", 1)[1].rstrip("*")
+                for file in [f for f in self.run_dir if f.startswith(prefix)]:
+                    del self.run_dir[file]
+            return _done()
+        if command.startswith("rm -f "):  # a deleted session's token
             self.tokens.pop(shlex.split(command)[2].rsplit("/", 2)[1], None)
             return _done()
         raise AssertionError(f"the simulated login node cannot run {command!r}")
@@ -366,6 +372,8 @@ class SimLink:
         if lost is None:
             raise self.error or ClusterUnreachable("not connected")
         assert "read -r -t" in command, f"unexpected long-running command {command!r}"
+        script = shlex.split(command)[-1]  # `exec bash -c <script>`
+        known = set(re.search(r"seen=' ([^']*) '", script)[1].split())  # type: ignore[index]
 
         def deliver(note: Announcement) -> None:
             later = self.world.rng.uniform(0.1, 1.0)  # the watcher's poll and the channel
@@ -377,7 +385,8 @@ class SimLink:
             asyncio.get_running_loop().call_later(later, send)
 
         for note in sorted(self.cluster.run_dir.values(), key=lambda note: note.file):
-            deliver(note)  # a new watcher reports every file already there
+            if note.file not in known:
+                deliver(note)  # a new watcher reports the files there that it was not told
         unsubscribe = self.cluster.watch(deliver)
         try:
             await lost.wait()

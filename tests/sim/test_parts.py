@@ -83,7 +83,7 @@ def test_a_dropped_file_is_served_within_two_minutes() -> None:
 
 def test_a_simulated_day_hands_over_every_job() -> None:
     """A day of virtual time with one session: every job hands over, its record stays 0600."""
-    world = World(2, Faults(jupyter_fails=0.0))
+    world = World(2, Faults(jupyter_fails=0.0, garbled_sbatch=0.0))
     mode: dict[str, int] = {}
 
     def inspect(*_: object) -> None:

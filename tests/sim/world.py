@@ -42,7 +42,7 @@ PORTS = (8801, 8802, 8803, 8804)
 CALM = 900.0  # healthy seconds after which a valid, unchanged session must be ready
 SETTLE = 150.0  # healthy seconds within which duplicates, orphans and stale routes go away
 SUBMIT_WINDOW = 30.0  # a submission follows the file version the daemon read this recently
-SQUEUE_BUDGET = 6  # squeue calls per 60 s
+SQUEUE_BUDGET = 2  # squeue calls in any 60 s (MIN_POLL_GAP keeps them 40 s apart)
 
 TEMPLATE = """\
 cluster: hpc
