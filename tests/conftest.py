@@ -14,9 +14,8 @@ def cluster() -> Iterator[Cluster]:
     """The running mini-cluster, started by ``tests/cluster/start.sh`` unless it already
     runs. A cluster that cannot come up fails the tests that need it; it never skips them.
 
-    At the end of the session the test user's leftover jobs (SLURM's and Grid Engine's)
-    are cancelled, so the next session starts with empty nodes; the cluster itself stays
-    up for reuse.
+    At the end of the session the test user's leftover jobs are cancelled, so the next
+    session starts with empty nodes; the cluster itself stays up for reuse.
     """
     failure = None
     try:
@@ -27,4 +26,3 @@ def cluster() -> Iterator[Cluster]:
         pytest.fail(failure, pytrace=False)
     yield running
     running.admin("scancel", f"--user={running.user}", check=False)
-    running.admin("qdel", "-u", running.user, check=False)

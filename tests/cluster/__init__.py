@@ -121,8 +121,7 @@ class Cluster:
         return _run(self.ssh_argv(command), check=check, timeout=timeout)
 
     def admin(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Runs a SLURM or Grid Engine admin command (``scontrol``, ``sdiag``, ``qdel`` …)
-        locally as root.
+        """Runs a SLURM admin command (``scontrol``, ``sdiag``, ``sacctmgr`` …) locally as root.
 
         Raises :class:`CommandFailed` on a non-zero exit when ``check`` is true.
         """
