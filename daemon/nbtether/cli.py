@@ -91,6 +91,9 @@ def run(
     except AlreadyRunning as exc:
         err.print(f"[red]{exc}[/red]")
         raise typer.Exit(EXIT_INVALID) from exc
+    except ConfigError as exc:
+        err.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from exc
 
 
 def _records(config: Settings) -> dict[str, Record]:
@@ -157,9 +160,9 @@ def validate(
     for file, spec in specs.items():
         if isinstance(spec, InvalidSpec):
             bad += 1
-            out.print(f"[red]{file}[/red]: {spec.reason}", soft_wrap=True)
+            out.print(Text(str(file), style="red") + f": {spec.reason}", highlight=False)
         else:
-            out.print(f"[green]{file}[/green]: ok")
+            out.print(Text(str(file), style="green") + ": ok", highlight=False)
     if not specs:
         out.print(f"no session files in {config.sessions_dir}")
     if bad:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -132,10 +133,27 @@ def load_settings(path: Path | None = None) -> Settings:
         Settings.config_file = None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem: `field.path: reason`."""
+def describe_validation_error(
+    exc: ValidationError, limit: int = 5, shown: Callable[[str], bool] = lambda key: True
+) -> str:
+    """One clause per problem, `field.path: reason`, for at most `limit` problems.
+
+    Only where and what: never the offending value (pydantic's `input_value`), which may be
+    a secret from a file that was not meant to be read, and keys only when `shown(key)`.
+    Long keys are shortened, so that a hostile file cannot make a message of megabytes.
+    """
     lines = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(file)"
-        lines.append(f"{where}: {error['msg']}")
+    for error in exc.errors(include_url=False, include_input=False)[:limit]:
+        where = ".".join(_describe_key(part, shown) for part in error["loc"]) or "(file)"
+        what = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"{where}: {what}")
+    if exc.error_count() > limit:
+        lines.append(f"and {exc.error_count() - limit} more problems")
     return "; ".join(lines)
+
+
+def _describe_key(part: int | str, shown: Callable[[str], bool], width: int = 40) -> str:
+    text = str(part)
+    if isinstance(part, str) and not shown(part):
+        return "<key>"
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -9,6 +9,7 @@ killed at any point restarts from what it meant to do.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -34,7 +35,7 @@ from nbtether.plan import (
     Unlisten,
     plan,
 )
-from nbtether.spec import SUFFIXES, SessionSpec, Spec, load_sessions
+from nbtether.spec import SUFFIXES, SessionSpec, Spec, load_sessions, session_files
 from nbtether.state import Record, StateStore
 from nbtether.tunnel import Opener, Tunnel, port_holder, probe
 
@@ -78,23 +79,29 @@ class Reconciler:
 
     def names(self) -> set[str]:
         """Every session that has a file or a record."""
-        return set(self.load_specs()) | set(self.records)
+        files = session_files(self.settings.sessions_dir)
+        return {path.stem for path in files} | set(self.records)
 
-    def load_specs(self) -> dict[str, Spec]:
+    async def load_specs(self) -> dict[str, Spec]:
         """All session files, with ports already served kept by their sessions (an invalid
-        file keeps its port: it changes nothing that runs)."""
+        file keeps its port: it changes nothing that runs).
+
+        Read and parsed in a thread: however big or odd a file is, the tunnels keep moving.
+        """
         holders = {
             record.local_port: record.name
             for record in self.records.values()
             if record.local_port is not None and record.phase in (*SERVING, "invalid")
         }
         holders.update({tunnel.port: name for name, tunnel in self.tunnels.items()})
-        return load_sessions(self.settings.sessions_dir, self.settings.clusters, holders,
-                             refusal(self.settings.clusters))
+        return await asyncio.to_thread(
+            load_sessions, self.settings.sessions_dir, self.settings.clusters, holders,
+            refusal(self.settings.clusters),
+        )
 
     async def reconcile(self, name: str) -> float | None:
         """One pass over one session; returns when to look again (None: on events only)."""
-        spec = self.load_specs().get(name)
+        spec = (await self.load_specs()).get(name)
         before = self.records.get(name)
         if before is None:
             if spec is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import re
@@ -22,8 +23,14 @@ from pydantic import (
 )
 
 from nbtether.config import NAME_PATTERN, describe_validation_error
+from nbtether.trust import Untrusted, check_directory, read_own_file
 
 SUFFIXES = (".yaml", ".yml")
+# Limits on what one session file may make the daemon do: a real one is about 1 KiB and
+# 3 levels deep. Beyond these, parsing would cost seconds and megabytes, or overflow the
+# stack (the YAML composer recurses once per level).
+MAX_FILE_BYTES = 16 * 1024
+MAX_DEPTH = 16
 
 # Values that end up in `#SBATCH` lines or shell words on the cluster. Anything outside these
 # sets (spaces, quotes, `;`, `$`, backticks, newlines) is rejected, and shell words are quoted
@@ -187,6 +194,26 @@ class SessionSpec(_Strict):
         return hashlib.sha256(shaping.encode()).hexdigest()[:16]
 
 
+def _field_names(model: type[BaseModel]) -> set[str]:
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            names |= _field_names(field.annotation)
+    return names
+
+
+_FIELD_NAMES = sorted(_field_names(SessionSpec))
+
+
+def _names_a_field(key: str) -> bool:
+    """Whether an error message may quote this key: a field's name, or a typo of one.
+
+    Other keys are not quoted: a file that is not a session file (a credentials file saved
+    as .yaml, a symlink to a secret) may have its secrets in keys, as /etc/shadow does.
+    """
+    return key in _FIELD_NAMES or bool(difflib.get_close_matches(key, _FIELD_NAMES, 1, 0.75))
+
+
 @dataclass(frozen=True)
 class InvalidSpec:
     """A session file that does not validate; `reason` names the field."""
@@ -205,7 +232,36 @@ def session_name(path: Path) -> str | None:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML without 1.1's base-60 numbers, so `time: 02:00:00` stays a string."""
+    """YAML without 1.1's base-60 numbers (so `time: 02:00:00` stays a string), with at most
+    MAX_DEPTH levels of nesting and without aliases (a few of them can stand for billions
+    of values)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def fetch_flow_collection_start(self, TokenClass: type[yaml.Token]) -> None:
+        # Before the composer sees them: the scanner's work grows with the square of the
+        # number of open brackets (2,000 took a second, 64 KiB of them minutes).
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: yaml.Mark = event.start_mark  # type: ignore[assignment]
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not supported in session files", mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -218,6 +274,29 @@ for _tag, _pattern in (
 ):
     _Loader.add_implicit_resolver(_tag, re.compile(_pattern), list("-+0123456789."))
 
+# PyYAML quotes pieces of the file in its messages ("found undefined tag 'x'"). The file may
+# be a secret saved or linked here by mistake, so only token names ('<block end>') and
+# single characters ('\t') are kept.
+_QUOTED = re.compile(r"'([^']*)'")
+
+
+def _describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without the snippet of the file that PyYAML adds."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"not valid YAML: character #x{exc.character:04x} is not allowed " \
+            f"(at character {exc.position})"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        problem = _QUOTED.sub(_unquote, exc.problem or exc.context or "syntax error")
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        return f"not valid YAML: {problem}{where}"
+    return "not valid YAML"
+
+
+def _unquote(quoted: re.Match[str]) -> str:
+    kept = quoted[1].startswith("<") or len(quoted[1]) <= 2
+    return quoted[0] if kept else "'…'"
+
 
 @functools.lru_cache(maxsize=1024)
 def parse_session(name: str, text: str) -> Spec:
@@ -227,14 +306,14 @@ def parse_session(name: str, text: str) -> Spec:
     each session, and parsing them all again made an idle daemon with 32 sessions use ~4 %
     of a core instead of ~0.6 % (docs/benchmarks.md, figure 6).
     """
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         return InvalidSpec(
             f"file name: {name!r} is not a session name (letters, digits, _ . -; at most 64)"
         )
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        return InvalidSpec(f"not valid YAML: {exc}".replace("\n", " "))
+        return InvalidSpec(_describe_yaml_error(exc))
     if data is None:
         return InvalidSpec("the file is empty")
     if not isinstance(data, dict):
@@ -242,21 +321,37 @@ def parse_session(name: str, text: str) -> Spec:
     try:
         return SessionSpec.model_validate(data)
     except ValidationError as exc:
-        return InvalidSpec(describe_validation_error(exc))
+        return InvalidSpec(describe_validation_error(exc, shown=_names_a_field))
 
 
 def session_files(directory: Path) -> list[Path]:
-    """The session files in a directory (the first of `x.yaml` and `x.yml` wins)."""
+    """The session files in a directory (the first of `x.yaml` and `x.yml` wins).
+
+    Whatever has a session file's name is listed, FIFOs and devices included, so that
+    `check_files` reports it instead of it being skipped without a word.
+    """
     files: dict[str, Path] = {}
     if directory.is_dir():
         for path in sorted(directory.iterdir()):
             name = session_name(path)
-            if name is not None and name not in files and path.is_file():
+            if name is not None and name not in files:
                 files[name] = path
     return list(files.values())
 
 
 Refusal = Callable[["SessionSpec"], str | None]
+
+
+def read_session_file(path: Path) -> str | InvalidSpec:
+    """The text of a session file, or why it is not read (see `trust.read_own_file`)."""
+    try:
+        data = read_own_file(path, MAX_FILE_BYTES)
+    except Untrusted as exc:
+        return InvalidSpec(str(exc))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return InvalidSpec(f"not UTF-8 text (byte {exc.start + 1} of the file)")
 
 
 def check_files(
@@ -274,10 +369,9 @@ def check_files(
     known = set(clusters)
     specs: dict[Path, Spec] = {}
     for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            specs[path] = InvalidSpec(f"cannot read the file: {exc}")
+        text = read_session_file(path)
+        if isinstance(text, InvalidSpec):
+            specs[path] = text
             continue
         spec = parse_session(session_name(path) or path.stem, text)
         if isinstance(spec, SessionSpec) and spec.cluster not in known:
@@ -295,8 +389,17 @@ def load_sessions(
     port_holders: Mapping[int, str] | None = None,
     refuse: Refusal | None = None,
 ) -> dict[str, Spec]:
-    """Every session in `directory` by name, validated together."""
-    checked = check_files(session_files(directory), clusters, port_holders, refuse)
+    """Every session in `directory` by name, validated together.
+
+    In a directory that others could write to, every file is invalid: any of them may have
+    been put there by someone else.
+    """
+    files = session_files(directory)
+    try:
+        check_directory(directory)
+    except Untrusted as exc:
+        return {path.stem: InvalidSpec(f"sessions_dir: {exc}") for path in files}
+    checked = check_files(files, clusters, port_holders, refuse)
     return {path.stem: spec for path, spec in checked.items()}
 
 

@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from nbtether.errors import AlreadyRunning
+from nbtether.errors import AlreadyRunning, ConfigError
 from nbtether.jobs import Endpoint
+from nbtether.trust import Untrusted, check_directory
 
 Phase = Literal[
     "pending", "starting", "ready", "handover", "stopping", "failed", "invalid", "login"
@@ -91,10 +92,22 @@ class StateStore:
         self.sessions = root / "sessions"
 
     def prepare(self) -> None:
-        """Create the directories with mode 0700 (tightening them if they exist)."""
-        for directory in (self.root, self.sessions):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            directory.chmod(0o700)
+        """Create the directories with mode 0700 (tightening them if they exist).
+
+        Raises ConfigError when the state directory or a parent up to the home directory
+        belongs to someone else or others can write to it (see `trust`).
+        """
+        try:
+            check_directory(self.root.parent)
+            for directory in (self.root, self.sessions):
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                directory.chmod(0o700)
+            check_directory(self.root)
+        except Untrusted as exc:
+            raise ConfigError(f"state_dir: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"state_dir: cannot make {exc.filename} private: "
+                              f"{exc.strerror}") from exc
 
     def lock(self) -> int:
         """Hold the state directory for this process (released when it exits)."""
