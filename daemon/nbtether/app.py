@@ -23,6 +23,7 @@ from nbtether.reconciler import Reconciler
 from nbtether.remote import Person, SshLink
 from nbtether.sdnotify import Notifier
 from nbtether.state import StateStore
+from nbtether.tunnel import raise_descriptor_limit
 from nbtether.watcher import watch_sessions
 from nbtether.workqueue import WorkQueue
 
@@ -133,6 +134,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
+        log.info("open file limit", soft=raise_descriptor_limit())
         self.start()
         control = ControlServer(socket_path(self.store.root), self._login)
         await control.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,6 +23,11 @@ log = structlog.get_logger(__name__)
 Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 CHUNK = 256 * 1024
 HOLD_SECONDS = 30.0  # a connection that arrives between jobs waits this long for one
+# Open connections per session port. A browser uses a few dozen at most; without a cap,
+# a few hundred idle connections to one port used up the daemon's file descriptors and
+# every other session failed with EMFILE.
+MAX_CONNECTIONS = 256
+DESCRIPTORS_WHEN_UNLIMITED = 10240  # macOS's OPEN_MAX: the most it allows per process
 
 
 class Tunnel:
@@ -36,6 +42,7 @@ class Tunnel:
         self._server: asyncio.Server | None = None
         self._routed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refusing = False
 
     async def listen(self) -> None:
         """Bind 127.0.0.1:port (never all interfaces); OSError if the port is taken."""
@@ -59,6 +66,14 @@ class Tunnel:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open_connections >= MAX_CONNECTIONS:
+            if not self._refusing:
+                log.warning("too many connections; closing new ones", port=self.port,
+                            limit=MAX_CONNECTIONS)
+            self._refusing = True
+            writer.transport.abort()  # frees the descriptor now, without a goodbye
+            return
+        self._refusing = False
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -158,3 +173,21 @@ async def probe(opener: Opener, target: Endpoint, token: str, timeout: float = 1
         writer.close()
     parts = status_line.split()
     return len(parts) >= 2 and parts[1] == b"200"
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (capped where it is unlimited).
+
+    Every session's connections share the daemon's descriptors, and the soft limit is often
+    1024 (256 on macOS) while the hard one is far higher. Returns the limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = DESCRIPTORS_WHEN_UNLIMITED if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:  # macOS refuses more than its OPEN_MAX
+            log.info("cannot raise the open file limit", soft=soft, hard=hard, error=str(exc))
+            return soft
+        return wanted
+    return soft
