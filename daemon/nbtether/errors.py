@@ -8,7 +8,7 @@
         │                       session file changes, never in a loop
         ├── ConfigError         the daemon config is unusable
         ├── AlreadyRunning      another daemon uses the same state directory
-        ├── HostKeyError        the login node's host key is unknown or changed
+        ├── HostKeyError        a host key (login node or jump host) is unknown or changed
         ├── AuthError           the cluster refused our credentials
         ├── LoginRequired       the login needs a person (code, password): `nbtether login`
         └── SubmissionRejected  SLURM refused the job (its message is kept verbatim)
@@ -54,7 +54,11 @@ class AlreadyRunning(PermanentError):
 
 
 class HostKeyError(PermanentError):
-    """The login node's host key is not in known_hosts or does not match it."""
+    """A host's key is not in known_hosts or does not match it; `host` names that host."""
+
+    def __init__(self, message: str, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
 
 
 class AuthError(PermanentError):

@@ -140,6 +140,12 @@ def _login_hint(error: NbtetherError, config: ClusterConfig) -> str:
     host = config.host or "?"
     port = config.port or 22
     known_hosts = str(config.known_hosts) if config.known_hosts else "~/.ssh/known_hosts"
+    if isinstance(error, HostKeyError) and error.host not in ("", host):
+        return (
+            f"verify the jump host {error.host}'s key fingerprint against your site's "
+            f"documentation, then put the verified key into {known_hosts}: jump hosts are "
+            "checked against the cluster's known_hosts too"
+        )
     if isinstance(error, HostKeyError):
         entry = f"[{host}]:{port}" if port != 22 else host
         return (

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import random
 import shlex
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +52,10 @@ CONNECT_TIMEOUT = 20.0
 RECONNECT_MAX_DELAY = 5.0  # short, so a returning login node is used within seconds
 PERMANENT_RETRY_DELAY = 600.0  # an auth or host-key failure is retried rarely, never in a loop
 MAX_EXEC_CHANNELS = 5  # sshd's MaxSessions defaults to 10 per connection
+# What a jump host shares with the login node's connection; its user, port and keys come
+# from the jump host's own entry (ssh_config), as with OpenSSH.
+_HOP_OPTIONS = ("known_hosts", "agent_forwarding", "agent_path", "connect_timeout",
+                "encryption_algs")
 
 
 def connect_options(config: ClusterConfig) -> dict[str, Any]:
@@ -77,21 +81,74 @@ def connect_options(config: ClusterConfig) -> dict[str, Any]:
         raise HostKeyError(f"known_hosts {known_hosts} does not exist; log in once with ssh "
                            "and check the host key fingerprint, or set known_hosts")
     options["known_hosts"] = str(known_hosts)
-    if config.proxy_jump:
-        options["tunnel"] = config.proxy_jump
     if config.agent_path:
         options["agent_path"] = str(config.agent_path)
     return options
 
 
+async def jump_hosts(config: ClusterConfig) -> list[str]:
+    """The jump hosts on the way to the login node, in order (`[user@]host[:port]` each).
+
+    `proxy_jump` if set, else ssh_config's ProxyJump for `host`. The daemon connects to
+    each itself, so that each is verified with the cluster's known_hosts; a jump host's own
+    ProxyJump in ssh_config is not followed (list the whole chain, comma-separated).
+    """
+    jumps = config.proxy_jump
+    if jumps is None:
+        options = await asyncssh.SSHClientConnectionOptions.construct(
+            config=(), host=config.host or "", known_hosts=None, client_keys=None,
+            agent_path=None)
+        jumps = options.tunnel if isinstance(options.tunnel, str) else None
+    if jumps is None or jumps.lower() == "none":
+        return []
+    return [hop.strip() for hop in jumps.split(",") if hop.strip()]
+
+
+async def open_jumps(
+    config: ClusterConfig, options: dict[str, Any]
+) -> asyncssh.SSHClientConnection | None:
+    """Connect through the jump hosts, each verified with the cluster's known_hosts; the
+    last one's connection (None without jump hosts). Errors name the hop that failed."""
+    try:
+        hops = await jump_hosts(config)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read ProxyJump from ~/.ssh/config: {exc}") from exc
+    tunnel: asyncssh.SSHClientConnection | None = None
+    for hop in hops:
+        user, _, address = hop.rpartition("@")
+        host, _, port = address.rpartition(":") if ":" in address else (address, "", "")
+        hop_options = {key: options[key] for key in _HOP_OPTIONS if key in options}
+        try:
+            with _closed_on_failure(tunnel):
+                conn = await asyncssh.connect(host, int(port) if port else (),
+                                              username=user or (), tunnel=tunnel, **hop_options)
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            raise classify(exc, address) from exc
+        conn.set_tunnel(tunnel)  # closing a hop closes the hops before it
+        tunnel = conn
+    return tunnel
+
+
+@contextlib.contextmanager
+def _closed_on_failure(tunnel: asyncssh.SSHClientConnection | None) -> Iterator[None]:
+    """Close the jump hosts' connection if what goes through it fails."""
+    try:
+        yield
+    except BaseException:
+        if tunnel is not None:
+            tunnel.close()
+        raise
+
+
 def classify(exc: BaseException, host: str) -> NbtetherError:
-    """Map a connection failure into nbtether's error tree."""
+    """Map a connection failure into nbtether's error tree; `host` is the one that failed."""
     if isinstance(exc, NbtetherError):
         return exc
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return HostKeyError(
             f"host key of {host} is unknown or has changed ({exc.reason}); "
-            f"check its fingerprint and add it to known_hosts"
+            f"check its fingerprint and add it to known_hosts",
+            host=host,
         )
     if isinstance(exc, asyncssh.PermissionDenied):
         return AuthError(f"{host} refused our credentials: {exc.reason}")
@@ -230,8 +287,11 @@ class SshLink:
             options.update(connect_timeout=LOGIN_TIMEOUT, login_timeout=LOGIN_TIMEOUT)
         who = f"{self.config.user}@{host}" if self.config.user else host
         client = _Login(person, f"{who}'s password: ")
+        tunnel = await open_jumps(self.config, options)
         try:
-            conn, _ = await asyncssh.create_connection(lambda: client, host, **options)
+            with _closed_on_failure(tunnel):
+                conn, _ = await asyncssh.create_connection(lambda: client, host, tunnel=tunnel,
+                                                           **options)
         except asyncssh.PermissionDenied as exc:
             if not client.needs_person:
                 raise classify(exc, host) from exc
@@ -248,6 +308,7 @@ class SshLink:
         except Exception as exc:  # a bug below us must not end the supervision for good
             log.exception("ssh connect failed unexpectedly", cluster=self.name)
             raise ClusterUnreachable(f"{host}: {exc!r}") from exc
+        conn.set_tunnel(tunnel)  # closing the login node's connection closes the hops too
         if client.answered:
             conn.set_keepalive(KEEPALIVE_INTERVAL, LOGIN_KEEPALIVE_COUNT)
         return conn

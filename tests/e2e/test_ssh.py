@@ -15,7 +15,7 @@ from tests.e2e.harness import Daemon, free_port, session_yaml
 pytestmark = pytest.mark.e2e
 
 
-def ssh_config(home: Path, cluster: Cluster, *, with_key: bool) -> None:
+def ssh_config(home: Path, cluster: Cluster, *, with_key: bool, extra: str = "") -> None:
     """A ~/.ssh with the login node as Host alias `login` and its key in known_hosts."""
     ssh = home / ".ssh"
     ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -23,8 +23,19 @@ def ssh_config(home: Path, cluster: Cluster, *, with_key: bool) -> None:
     identity = f"    IdentityFile {cluster.identity_file}\n" if with_key else ""
     (ssh / "config").write_text(
         f"Host login\n    HostName {cluster.host}\n    Port {cluster.port}\n"
-        f"    User {cluster.user}\n{identity}"
+        f"    User {cluster.user}\n{identity}{extra}"
     )
+
+
+def wrong_known_hosts(directory: Path, cluster: Cluster) -> Path:
+    """A known_hosts that holds another key for the login node's address."""
+    other = directory / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
+                   check=True)
+    wrong = directory / "wrong_known_hosts"
+    wrong.write_text(f"[{cluster.host}]:{cluster.port} " +
+                     " ".join(Path(f"{other}.pub").read_text().split()[:2]) + "\n")
+    return wrong
 
 
 @pytest.fixture
@@ -70,15 +81,56 @@ def test_proxy_jump(tmp_path: Path, cluster: Cluster) -> None:
         daemon.cleanup()
 
 
+def test_jump_host_is_verified_with_the_clusters_known_hosts(tmp_path: Path,
+                                                            cluster: Cluster) -> None:
+    """A jump host's key is checked against the cluster's known_hosts, not ssh_config's."""
+    ssh_config(tmp_path, cluster, with_key=True, extra="    UserKnownHostsFile /dev/null\n")
+    (tmp_path / ".ssh" / "known_hosts").unlink()
+    daemon = Daemon(tmp_path, cluster, testbed=(
+        f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
+        f"identity_file: {cluster.identity_file}\nknown_hosts: {cluster.known_hosts}\n"
+        "proxy_jump: login"
+    ))
+    try:
+        run_one_session(daemon)
+    finally:
+        daemon.cleanup()
+
+
+def test_jump_host_with_an_unknown_key_is_named_and_polls_stay_quiet(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """A jump host whose key the cluster's known_hosts lacks is refused by name, quietly."""
+    ssh_config(tmp_path, cluster, with_key=True)  # ssh_config's known_hosts would accept it
+    wrong = wrong_known_hosts(tmp_path, cluster)
+    daemon = Daemon(tmp_path, cluster, testbed=(
+        f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
+        f"identity_file: {cluster.identity_file}\nknown_hosts: {wrong}\nproxy_jump: login"
+    ))
+    daemon.start()
+    try:
+        daemon.drop("jumped", session_yaml(free_port()))
+
+        def names_the_jump_host() -> str | None:
+            row = daemon.status().get("jumped")
+            message = str(row["message"]) if row else ""
+            return message if "host key of login " in message else None
+
+        wait_for(names_the_jump_host, timeout=30, message="status to name the jump host")
+        # The scheduled squeue (every 30 s) finds no connection: one quiet line, no traceback.
+        wait_for(lambda: '"squeue skipped"' in daemon.log.read_text(), timeout=45,
+                 message="a scheduled poll without a connection")
+        log = daemon.log.read_text()
+        assert "Traceback" not in log and '"exception"' not in log, log[-3000:]
+        assert daemon.jobs() == []
+    finally:
+        daemon.cleanup()
+
+
 def test_unknown_host_key_is_a_clear_error_and_not_retried(tmp_path: Path,
                                                            cluster: Cluster) -> None:
     """A login node whose key does not match known_hosts is refused, said, and not retried."""
-    other = tmp_path / "other_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)],
-                   check=True)
-    wrong = tmp_path / "wrong_known_hosts"
-    wrong.write_text(f"[{cluster.host}]:{cluster.port} " +
-                     " ".join(Path(f"{other}.pub").read_text().split()[:2]) + "\n")
+    wrong = wrong_known_hosts(tmp_path, cluster)
     daemon = Daemon(tmp_path, cluster, testbed=(
         f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
         f"identity_file: {cluster.identity_file}\nknown_hosts: {wrong}"
