@@ -497,6 +497,13 @@ def reference() -> str:
         + "A change to `cluster`, `resources`, `environment` or `jupyter` replaces the job; "
         "`local_port` and `restart` apply to the running job.",
         "",
+        f"Limits: at most {spec.MAX_FILE_BYTES // 1024} KiB and {spec.MAX_DEPTH} levels of "
+        "nesting per file, no YAML anchors or aliases. A file is read only when it is a "
+        "regular file (or a symlink to one) that belongs to you and that others cannot "
+        "write to; anything else, a FIFO or a device included, is `invalid` with the "
+        "reason. Messages name fields and positions, never values. See "
+        "[security](security.md#session-files-and-directories).",
+        "",
         *model_section(spec.SessionSpec, "", 3),
         "",
         *grid_engine_section(),

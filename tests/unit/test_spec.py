@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from nbtether.spec import (
+    MAX_FILE_BYTES,
     InvalidSpec,
     SessionSpec,
     format_walltime,
@@ -155,3 +157,108 @@ def test_a_session_whose_file_is_invalid_keeps_the_port_it_serves(tmp_path: Path
     specs = load_sessions(tmp_path, ["hpc"], port_holders={8801: "gamma", 8803: "alpha"})
     assert specs["alpha"] == InvalidSpec("local_port: 8801 is already used by session 'gamma'")
     assert specs["beta"] == InvalidSpec("local_port: 8803 is already used by session 'alpha'")
+
+
+SECRET = "hunter2-not-for-anyone"
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("extra: " + "[" * 2000 + "]" * 2000, "not valid YAML: nested deeper than 16 levels"),
+    ("[" * 60_000, "not valid YAML: nested deeper than 16 levels"),
+    ("a:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 40)),
+     "not valid YAML: nested deeper than 16 levels"),
+    ("a: &x [1]\nb: *x\n", "not valid YAML: aliases (*name) are not supported"),
+])
+def test_deep_nesting_and_aliases_are_invalid_not_errors(text: str, reason: str) -> None:
+    """Nesting beyond the limit or aliases make the file invalid instead of raising."""
+    spec = parse_session("nb", text)
+    assert isinstance(spec, InvalidSpec) and spec.reason.startswith(reason), spec
+
+
+def test_a_newline_in_the_file_name_is_rejected() -> None:
+    """A session name must match in full: `x\\n` is no session name."""
+    spec = parse_session("x\n", VALID)
+    assert isinstance(spec, InvalidSpec) and spec.reason.startswith("file name: 'x\\n'")
+
+
+@pytest.mark.parametrize("text", [
+    f"root:$6${SECRET}:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n",
+    f"[default]\naws_secret_access_key = {SECRET}\n",
+    f"token: {SECRET}\npassword: '{SECRET}'\n",
+    f"cluster: !{SECRET} x\n",
+    f"a: *{SECRET}\n",
+    f'cluster: "{SECRET}\\q"\n',
+    f"cluster: hpc\nlocal_port: {SECRET}\n",
+    f"cluster: hpc\nlocal_port: 8888\nresources:\n  partition: '{SECRET} x'\n",
+    f"{SECRET}: [1, 2\n",
+])
+def test_messages_never_quote_the_files_content(text: str) -> None:
+    """Whatever the file holds, the reason names fields and positions, never values."""
+    spec = parse_session("nb", text)
+    assert isinstance(spec, InvalidSpec) and SECRET not in spec.reason, spec
+
+
+def test_typos_of_field_names_are_still_named() -> None:
+    """An unknown key close to a field's name is quoted, so the typo can be found."""
+    spec = parse_session("nb", "cluster: hpc\nlocal_port: 8888\nresources:\n  partitoin: x\n")
+    assert isinstance(spec, InvalidSpec)
+    assert spec.reason == "resources.partitoin: unknown key"
+
+
+def test_many_problems_make_a_short_message() -> None:
+    """A list of 2,000 bad items gives five problems and a count, not a huge message."""
+    items = ", ".join(['"a b"'] * 2000)
+    spec = parse_session("nb", f"cluster: hpc\nlocal_port: 8888\nenvironment:\n"
+                               f"  modules: [{items}]\n")
+    assert isinstance(spec, InvalidSpec)
+    assert spec.reason.endswith("; and 1995 more problems") and len(spec.reason) < 1000
+
+
+def test_files_over_the_size_limit_are_not_read(tmp_path: Path) -> None:
+    """A file bigger than the limit is invalid by its size, whatever it holds."""
+    (tmp_path / "big.yaml").write_text(VALID + "# " + "x" * MAX_FILE_BYTES + "\n")
+    spec = load_sessions(tmp_path, ["hpc"])["big"]
+    assert isinstance(spec, InvalidSpec) and spec.reason.startswith("the file is larger than")
+
+
+def test_special_files_are_invalid_without_being_opened(tmp_path: Path) -> None:
+    """A FIFO (which would block a reader) and a device are reported, not skipped."""
+    os.mkfifo(tmp_path / "pipe.yaml")
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    (tmp_path / "dir.yaml").mkdir()
+    specs = load_sessions(tmp_path, ["hpc"])
+    assert specs == {
+        "dir": InvalidSpec("not a regular file but a directory; nothing was read"),
+        "pipe": InvalidSpec("not a regular file but a named pipe (FIFO); nothing was read"),
+        "zero": InvalidSpec("not a regular file but a character device; nothing was read"),
+    }
+
+
+def test_symlinks_are_followed_to_the_users_own_files(tmp_path: Path) -> None:
+    """A symlink to a file of the user's is a session; a dangling one is invalid."""
+    (tmp_path / "real").write_text(VALID)
+    (tmp_path / "linked.yaml").symlink_to(tmp_path / "real")
+    (tmp_path / "dangling.yaml").symlink_to(tmp_path / "missing")
+    specs = load_sessions(tmp_path, ["hpc"])
+    assert isinstance(specs["linked"], SessionSpec)
+    assert specs["dangling"] == InvalidSpec("cannot read the file: No such file or directory")
+
+
+def test_files_others_can_write_are_not_trusted(tmp_path: Path) -> None:
+    """A session file that anyone may change is invalid until it is chmod go-w."""
+    path = tmp_path / "open.yaml"
+    path.write_text(VALID)
+    path.chmod(0o666)
+    spec = load_sessions(tmp_path, ["hpc"])["open"]
+    assert spec == InvalidSpec("others can write to the file (mode 0666); run chmod go-w on it")
+
+
+def test_a_directory_others_can_write_invalidates_every_file(tmp_path: Path) -> None:
+    """Files in a world-writable sessions directory are all invalid, saying why."""
+    sessions = tmp_path / "sessions.d"
+    sessions.mkdir()
+    (sessions / "a.yaml").write_text(VALID)
+    sessions.chmod(0o777)
+    spec = load_sessions(sessions, ["hpc"])["a"]
+    assert spec == InvalidSpec(f"sessions_dir: {sessions} is writable by others (mode 0777); "
+                               f"run chmod go-w {sessions}")
