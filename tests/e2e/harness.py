@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -113,12 +114,21 @@ class Daemon:
         self.env = {**os.environ, "HOME": str(root), "NBTETHER_CONFIG": str(self.config)}
         self.env.pop("SSH_AUTH_SOCK", None)
 
-    def start(self) -> None:
-        """Start `nbtether run` in the background, logging to daemon.log."""
+    def start(self, open_files: tuple[int, int] | None = None) -> None:
+        """Start `nbtether run` in the background, logging to daemon.log.
+
+        `open_files` sets its (soft, hard) limit on open files, as a login session would.
+        """
+
+        def limit() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "nbtether", "run", "--json-logs"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                preexec_fn=limit,
             )
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
