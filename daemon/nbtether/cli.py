@@ -23,6 +23,7 @@ from nbtether.config import Settings, load_settings
 from nbtether.errors import AlreadyRunning, ConfigError
 from nbtether.spec import InvalidSpec, SessionSpec, check_files, load_sessions, session_files
 from nbtether.state import Record, StateStore
+from nbtether.trust import Untrusted, check_directory
 
 if TYPE_CHECKING:
     from nbtether.control import Challenge
@@ -157,6 +158,12 @@ def validate(
     specs = check_files(files or session_files(config.sessions_dir), config.clusters,
                         refuse=refusal(config.clusters))
     bad = 0
+    if not files:  # the daemon trusts no file in a directory that others can write to
+        try:
+            check_directory(config.sessions_dir)
+        except Untrusted as exc:
+            bad += 1
+            out.print(Text(f"sessions_dir: {exc}", style="red"), highlight=False)
     for file, spec in specs.items():
         if isinstance(spec, InvalidSpec):
             bad += 1

@@ -149,3 +149,15 @@ def test_login_shows_a_challenge_without_prompts_and_reads_nothing(
                    interactive=False) == []
     assert capsys.readouterr().err == "Duo\nPushed a login request to your phone.\n"
     assert sys.stdin.read() == "not for this round\n"
+
+
+def test_validate_reports_a_sessions_directory_others_can_write(tmp_path: Path) -> None:
+    """`validate` fails on a world-writable sessions directory, as the daemon would."""
+    sessions = tmp_path / "sessions.d"
+    sessions.mkdir()
+    sessions.chmod(0o777)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"sessions_dir: {sessions}\nstate_dir: {tmp_path / 'state'}\n")
+    result = runner.invoke(app, ["--config", str(config), "validate"])
+    assert result.exit_code == 1
+    assert f"sessions_dir: {sessions} is writable by others (mode 0777)" in result.stdout
