@@ -117,8 +117,8 @@ def test_jump_host_with_an_unknown_key_is_named_and_polls_stay_quiet(
             return message if "host key of login " in message else None
 
         wait_for(names_the_jump_host, timeout=30, message="status to name the jump host")
-        # The scheduled squeue (every 30 s) finds no connection: one quiet line, no traceback.
-        wait_for(lambda: '"squeue skipped"' in daemon.log.read_text(), timeout=45,
+        # The scheduled poll (every 30 s) finds no connection: one quiet line, no traceback.
+        wait_for(lambda: '"poll skipped"' in daemon.log.read_text(), timeout=45,
                  message="a scheduled poll without a connection")
         log = daemon.log.read_text()
         assert "Traceback" not in log and '"exception"' not in log, log[-3000:]
