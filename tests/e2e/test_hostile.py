@@ -66,7 +66,9 @@ def test_hostile_files_are_invalid_while_another_session_hands_over(
         row = daemon.wait_phase(name, "invalid", timeout=30)
         assert str(row["message"]).startswith(message), row
         assert row["job_id"] is None and row["url"] is None
-    first = daemon.wait_phase("steady", "ready", timeout=120)
+    # Serving: `ready`, or already `handover` (with 2 minutes of walltime it comes soon).
+    first = wait_for(lambda: (row := daemon.status().get("steady")) and row["url"] and row,
+                     timeout=120, interval=0.3, message="steady to serve")
     wait_for(lambda: daemon.status()["steady"]["job_id"] != first["job_id"], timeout=150,
              interval=0.5, message="the successor to take over while the files sit there")
     wait_for(lambda: http_status(f"http://127.0.0.1:{port}/api/status", token_of(first)) == 200,
