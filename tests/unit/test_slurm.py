@@ -64,6 +64,27 @@ def test_script_never_holds_the_token() -> None:
     assert "--IdentityProvider.token" not in script and "--token" not in script
 
 
+def test_jupyter_binds_a_port_the_kernel_picks_and_announces_only_its_own() -> None:
+    """No port is chosen before Jupyter binds it (`--port=0`), and the announced port is the
+    one Jupyter's own process listens on, found by the node helper."""
+    script = slurm.render_script(tutorial_spec(), instance="abcd1234", session="analysis")
+    assert "--port=0" in script and "port_retries" not in script
+    assert 'if port=$(python -c ' in script and "def held_port(" in script
+    assert 'export JUPYTER_RUNTIME_DIR="$private/runtime"' in script
+    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
+
+
+def test_the_jobs_own_jupyter_config_comes_first_and_sets_the_token_from_its_file() -> None:
+    """JUPYTER_CONFIG_PATH starts with the job's private config directory, written under
+    every name a Jupyter app reads; the config reads the token file, it does not hold it."""
+    script = slurm.render_script(tutorial_spec(), instance="abcd1234", session="analysis")
+    assert ('export JUPYTER_CONFIG_PATH="$private/config${JUPYTER_CONFIG_PATH:+:'
+            '$JUPYTER_CONFIG_PATH}"') in script
+    assert "for name in jupyter_server_config jupyter_lab_config jupyter_notebook_config" \
+        in script
+    assert 'c.IdentityProvider.token = token_file.read()' in script
+
+
 def test_address_prefix_selects_an_interface() -> None:
     """With address_prefix the job binds to the node address starting with it."""
     script = slurm.render_script(tutorial_spec(address_prefix="10.211.4."),

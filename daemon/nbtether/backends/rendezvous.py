@@ -9,10 +9,12 @@ variables (`JobVars`).
 
 from __future__ import annotations
 
+import inspect
 import re
 import shlex
 from dataclasses import dataclass
 
+from nbtether import jupyter, jupyter_port
 from nbtether.spec import SessionSpec
 
 JOB_PREFIX = "nbtether-"
@@ -71,23 +73,28 @@ def shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
-_FREE_PORT = "import socket; s=socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])"
 _JUPYTER = """\
 unset JUPYTER_TOKEN
 export JUPYTER_TOKEN_FILE="$HOME"/{token}
 run="$HOME"/{run}
-port=$(python -c {free_port})
-jupyter {app} --no-browser --ip="$address" --port="$port" --ServerApp.port_retries=0 \\
-    --ServerApp.root_dir={root_dir} &
+announce="$run/{job_id}-{job_run}"
+# Private to this job (umask 077): Jupyter's runtime files, which name the port and the
+# token, and nbtether's config (nbtether.jupyter), which Jupyter loads after the user's own.
+private="$HOME"/{session}/"job-{job_id}"
+rm -rf "$private" && mkdir -p "$private/runtime" "$private/config" || exit 1
+export JUPYTER_RUNTIME_DIR="$private/runtime"
+for name in {config_names}; do
+    cat > "$private/config/$name.py" <<'NBTETHER_CONFIG'
+{config}NBTETHER_CONFIG
+done
+export JUPYTER_CONFIG_PATH="$private/config${{JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}}"
+# Port 0: the kernel picks a free port as Jupyter binds it, so no other user can take it first.
+jupyter {app} --no-browser --ip="$address" --port=0 --ServerApp.root_dir={root_dir} &
 jupyter=$!
 trap 'kill -TERM "$jupyter" 2>/dev/null' TERM INT
-# Tell the daemon (through a file it watches on the login node) once Jupyter accepts.
-until (exec 3<>"/dev/tcp/$address/$port") 2>/dev/null; do
-    kill -0 "$jupyter" 2>/dev/null || break
-    sleep 0.1
-done
-announce="$run/{job_id}-{job_run}"
-if kill -0 "$jupyter" 2>/dev/null; then
+# Announce (through a file the daemon watches on the login node) the port of Jupyter's
+# runtime file, once Jupyter's own process listens on it.
+if port=$(python -c {held_port} "$jupyter" "$JUPYTER_RUNTIME_DIR"); then
     printf '%s %s %s\\n' "{node}" "$address" "$port" > "$run/.announce.$$"
     mv -f "$run/.announce.$$" "$announce.ready"
 fi
@@ -95,6 +102,7 @@ status=0
 wait "$jupyter" || status=$?
 while kill -0 "$jupyter" 2>/dev/null; do wait "$jupyter" || status=$?; done
 printf '%s\\n' "$status" > "$announce.end"
+rm -rf "$private"
 echo "nbtether: notebook exited with status $status" >&2
 exit "$status"
 """
@@ -129,7 +137,10 @@ def script_body(spec: SessionSpec, *, instance: str, session: str, job: JobVars)
         _JUPYTER.format(
             token=shlex.quote(token_path(instance, session)),
             run=shlex.quote(run_dir(instance)),
-            free_port=shlex.quote(_FREE_PORT),
+            session=shlex.quote(session_dir(instance, session)),
+            config_names=" ".join(jupyter.CONFIG_NAMES),
+            config=jupyter.CONFIG,
+            held_port=shlex.quote(inspect.getsource(jupyter_port)),
             app=spec.jupyter.app,
             root_dir=shell_path(spec.jupyter.root_dir),
             job_id=job.job_id,

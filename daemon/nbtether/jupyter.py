@@ -1,0 +1,19 @@
+"""How every backend starts Jupyter so that the notebook demands its token.
+
+The token itself reaches Jupyter through JUPYTER_TOKEN_FILE (a 0600 file). A user's own
+Jupyter config can still switch the token off (`c.IdentityProvider.token = ''`), and it
+overrides that variable; so each job also gets a private config directory, put first in
+JUPYTER_CONFIG_PATH. Jupyter gives that path precedence over ~/.jupyter, so this config is
+loaded after the user's, under each name the Jupyter apps read, and sets the token again.
+Nothing of it is on a command line.
+"""
+
+from __future__ import annotations
+
+CONFIG = """\
+# Written by nbtether for this job: the notebook always demands the session's token.
+import os
+with open(os.environ["JUPYTER_TOKEN_FILE"]) as token_file:
+    c.IdentityProvider.token = token_file.read()
+"""
+CONFIG_NAMES = ("jupyter_server_config", "jupyter_lab_config", "jupyter_notebook_config")
