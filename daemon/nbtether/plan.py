@@ -87,8 +87,10 @@ class Seen:
     successor: JobInfo | None = None
     endpoint: Endpoint | None = None  # announced by the record's job
     successor_endpoint: Endpoint | None = None
-    answering: bool = False  # the job's notebook answered with the token
-    successor_answering: bool = False
+    answering: bool = False  # the job's notebook refused a request without the token, then
+    successor_answering: bool = False  # accepted it
+    unprotected: bool = False  # the job's notebook answered a request without the token
+    successor_unprotected: bool = False
     strays: tuple[JobInfo, ...] = ()  # queued/running jobs of this session the record lacks
     listening: int | None = None
     routed: Endpoint | None = None
@@ -343,9 +345,14 @@ def _follow_job(
             record.message = f"{job.base_state.lower()}: {reason}"
         return out
     if seen.endpoint is None:
+        if seen.routed is not None:
+            out.actions.append(Route(None))  # Jupyter ended: its old address is anybody's now
         record.phase, record.message = "starting", f"job running on {job.node or '?'}; " \
             "waiting for Jupyter to start"
         return out
+    if seen.unprotected:
+        out.actions += [Route(None), Cancel((job.job_id,))]
+        return _give_up(out, record, attempt_key(spec, seen), _unprotected(job.node))
     if not seen.answering:
         record.phase, record.message = "starting", "Jupyter announced; waiting for it to answer"
         out.requeue_after = PROBE_AGAIN
@@ -390,6 +397,13 @@ def _handover(spec: SessionSpec, record: Record, seen: Seen, now: datetime, out:
         record.phase = "ready"
         record.message = f"successor job ended ({said}); will resubmit at walltime"
         return out
+    if seen.successor_endpoint and seen.successor_unprotected:
+        out.actions.append(Cancel((record.successor_id,)))
+        record.successor_id, record.no_handover_for = None, record.job_id
+        record.phase = "ready"
+        node = successor.node if successor else None
+        record.message = f"successor job not used: {_unprotected(node)}"
+        return out
     record.phase = "handover"
     if seen.successor_endpoint and seen.successor_answering:
         old = record.job_id
@@ -405,6 +419,13 @@ def _handover(spec: SessionSpec, record: Record, seen: Seen, now: datetime, out:
     record.message = f"successor job {record.successor_id} {state}; {_time_left(record, now)}"
     out.requeue_after = PROBE_AGAIN if seen.successor_endpoint else min(RECHECK, 5.0)
     return out
+
+
+def _unprotected(node: str | None) -> str:
+    return (f"Jupyter on {node or '?'} answers without the token, so anyone who reaches its "
+            "port gets in: your Jupyter config disables the token (e.g. "
+            "c.IdentityProvider.token = '' or a custom identity provider); the job was cancelled. "
+            "Fix the config, then touch the session file")
 
 
 def _time_left(record: Record, now: datetime) -> str:

@@ -37,7 +37,7 @@ from nbtether.plan import (
 )
 from nbtether.spec import SUFFIXES, SessionSpec, Spec, load_sessions, session_files
 from nbtether.state import Record, StateStore
-from nbtether.tunnel import Opener, Tunnel, port_holder, probe
+from nbtether.tunnel import Answer, Opener, Tunnel, port_holder, probe
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +45,7 @@ SERVING = ("pending", "starting", "ready", "handover", "login")
 ROUNDS = 4  # plans per pass: a failed Listen or Submit is planned on at once
 
 TunnelFactory = Callable[[int, Opener, Callable[[], None]], Tunnel]
-Prober = Callable[[Opener, Endpoint, str], Awaitable[bool]]
+Prober = Callable[[Opener, Endpoint, str], Awaitable[Answer]]
 
 
 class Reconciler:
@@ -162,24 +162,28 @@ class Reconciler:
         successor_endpoint = (
             backend.endpoint(record.successor_id) if record.successor_id else None
         )
+        answer = await self._answers(record, backend, endpoint, routed)
+        successor_answer = await self._answers(record, backend, successor_endpoint, None)
         return replace(
             own,
             job=job,
             successor=successor,
             endpoint=endpoint,
             successor_endpoint=successor_endpoint,
-            answering=await self._answers(record, backend, endpoint, routed),
-            successor_answering=await self._answers(record, backend, successor_endpoint, None),
+            answering=answer is Answer.READY,
+            successor_answering=successor_answer is Answer.READY,
+            unprotected=answer is Answer.OPEN,
+            successor_unprotected=successor_answer is Answer.OPEN,
             strays=tuple(backend.active_jobs(name)),
         )
 
     async def _answers(
         self, record: Record, backend: Backend, endpoint: Endpoint | None, routed: Endpoint | None
-    ) -> bool:
+    ) -> Answer:
         if endpoint is None:
-            return False
+            return Answer.NOT_YET
         if record.phase == "ready" and routed == endpoint:
-            return True  # serving already; a failing connection wakes us up
+            return Answer.READY  # serving already; a failing connection wakes us up
         return await self._probe(backend.open_connection, endpoint, record.token)
 
     async def _act(

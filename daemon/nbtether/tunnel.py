@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 import resource
 from collections.abc import Awaitable, Callable
@@ -153,26 +154,57 @@ def port_holder(port: int) -> str | None:
     return "a process of another user"  # its file descriptors are not ours to read
 
 
-async def probe(opener: Opener, target: Endpoint, token: str, timeout: float = 10.0) -> bool:
-    """True when the notebook at `target` answers `GET /api/status` with the token."""
+class Answer(enum.Enum):
+    """What a notebook said to the readiness probe."""
+
+    NOT_YET = "not yet"  # unreachable, starting, or not Jupyter's answer
+    READY = "ready"  # refused a request without the token, then accepted the token
+    OPEN = "open"  # answered without the token: anyone who reaches its port gets in
+
+
+async def probe(opener: Opener, target: Endpoint, token: str, timeout: float = 10.0) -> Answer:
+    """Ask the notebook at `target` for `GET /api/status`, first without the token.
+
+    The token is sent only to a server that refuses the request without it (401/403, or a
+    redirect to its login page): a server that lets anyone in is not served, and nothing
+    but Jupyter demanding the token ever sees it.
+    """
+    status, location = await _get_status(opener, target, None, timeout)
+    if status == 200:
+        return Answer.OPEN
+    refused = status in (401, 403) or (300 <= status < 400 and "/login" in location)
+    if not refused:
+        return Answer.NOT_YET
+    status, _ = await _get_status(opener, target, token, timeout)
+    return Answer.READY if status == 200 else Answer.NOT_YET
+
+
+async def _get_status(
+    opener: Opener, target: Endpoint, token: str | None, timeout: float
+) -> tuple[int, str]:
+    """The HTTP status and Location of `GET /api/status` (0 when nothing answers)."""
     try:
         reader, writer = await asyncio.wait_for(opener(target.address, target.port), timeout)
     except Exception:  # unreachable, for whatever reason, is simply "not yet"
-        return False
+        return 0, ""
+    auth = f"Authorization: token {token}\r\n" if token else ""
     try:
-        request = (
-            "GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: token {token}\r\nConnection: close\r\n\r\n"
-        )
-        writer.write(request.encode())
+        writer.write(f"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"
+                     "Connection: close\r\n\r\n".encode())
         await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), timeout)
-    except (OSError, TimeoutError, ConnectionError):
-        return False
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError):
+        return 0, ""
     finally:
         writer.close()
-    parts = status_line.split()
-    return len(parts) >= 2 and parts[1] == b"200"
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not parts[1].isdigit():
+        return 0, ""
+    location = next((line.split(":", 1)[1].strip() for line in lines[1:]
+                     if line.lower().startswith("location:")), "")
+    return int(parts[1]), location
 
 
 def raise_descriptor_limit() -> int:

@@ -32,6 +32,7 @@ from nbtether.jobs import Endpoint
 from nbtether.reconciler import Reconciler
 from nbtether.spec import InvalidSpec, SessionSpec, check_files, load_sessions
 from nbtether.state import Record, StateStore
+from nbtether.tunnel import Answer
 from tests.sim.cluster import SimCluster, SimJob, SimLink
 from tests.sim.vloop import VirtualTimeLoop
 
@@ -181,10 +182,11 @@ class World:
     def now(self) -> float:
         return self.loop.time()
 
-    async def probe(self, opener: Any, endpoint: Endpoint, token: str) -> bool:
+    async def probe(self, opener: Any, endpoint: Endpoint, token: str) -> Answer:
         await asyncio.sleep(self.rng.uniform(0.01, 0.2))
         job = self._job_at(endpoint)
-        return job is not None and job.answering and job.token == token
+        answers = job is not None and job.answering and job.token == token
+        return Answer.READY if answers else Answer.NOT_YET
 
     def holder(self, port: int) -> str | None:
         return "simulated-editor (pid 4242)" if self.ports.get(port) == "other" else None

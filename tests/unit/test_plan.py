@@ -134,6 +134,13 @@ CASES = [
     ("a refused login fails the session but keeps its job", SPEC,
      make_record(job_id="100", phase="ready"),
      seen(problem="host key of hpc is unknown", blocked=True, routed=EP), [], "failed"),
+    ("a notebook that ended is no longer routed to", SPEC,
+     make_record(job_id="100", phase="ready", endpoint=EP),
+     seen(job=job("RUNNING", node="c1"), routed=EP), [Route(None)], "starting"),
+    ("a notebook that answers without the token is cancelled, never served", SPEC,
+     make_record(job_id="100"), seen(job=job("RUNNING", node="c1"), endpoint=EP,
+                                     unprotected=True),
+     [Route(None), Cancel(("100",))], "failed"),
     ("port in use is failed, nothing submitted", SPEC, make_record(),
      seen(listening=None, port_error="local_port: 127.0.0.1:8888 is not free"),
      [], "failed"),
@@ -382,3 +389,27 @@ def test_failed_session_is_reconsidered_when_its_file_changes() -> None:
     outcome = plan(SPEC, record, seen(file_version="2", job=job("CANCELLED by 0")), NOW)
     assert Submit() in outcome.actions
     assert outcome.record is not None and outcome.record.phase == "pending"
+
+
+def test_a_notebook_without_the_token_says_why_in_status() -> None:
+    """The failed session's message names the user's Jupyter config as the cause."""
+    outcome = plan(SPEC, make_record(job_id="100"),
+                   seen(job=job("RUNNING", node="c1"), endpoint=EP, unprotected=True), NOW)
+    assert outcome.record is not None
+    assert "your Jupyter config disables the token" in outcome.record.message
+    assert "c1" in outcome.record.message
+
+
+def test_a_successor_without_the_token_is_cancelled_and_the_old_job_keeps_serving() -> None:
+    """An unprotected successor is dropped; the session stays ready on its current job."""
+    spec = make_spec(restart={"handover": "10m"})
+    record = make_record(job_id="100", successor_id="101", phase="handover", endpoint=EP,
+                         fingerprint=spec.job_fingerprint(),
+                         ends_at=NOW + timedelta(minutes=5))
+    outcome = plan(spec, record, seen(job=job("RUNNING", ends_at=NOW + timedelta(minutes=5)),
+                                      endpoint=EP, answering=True, routed=EP,
+                                      successor=job("RUNNING", "101"), successor_endpoint=EP2,
+                                      successor_unprotected=True), NOW)
+    assert outcome.actions == [Cancel(("101",))]
+    assert outcome.record is not None and outcome.record.phase == "ready"
+    assert outcome.record.successor_id is None and outcome.record.job_id == "100"
