@@ -78,6 +78,7 @@ class Cluster:
     password: str = "nbtether-test-password"
     mfa_sshd_pid: Path = STATE_DIR / "sshd-mfa" / "sshd_mfa.pid"
     mfa_sshd_log: Path = STATE_DIR / "sshd-mfa" / "sshd.log"
+    neighbour: str = "nbneighbour"  # another unprivileged user, for processes on the nodes
 
     def totp(self, count: int = 1, at: float | None = None) -> list[str]:
         """``count`` consecutive TOTP codes of the two-factor node, from the 30 s step of

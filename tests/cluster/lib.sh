@@ -6,6 +6,8 @@ STATE=/var/lib/nbtether-testcluster
 CLUSTER_NAME=testbed
 TEST_USER=hpcuser
 TEST_HOME=/home/$TEST_USER
+# Another unprivileged user with processes on the nodes, for the tests of a shared node.
+NEIGHBOUR_USER=nbneighbour
 LOGIN_ADDR=127.0.0.1
 LOGIN_PORT=2222
 # Login nodes that need a person: the key and a TOTP code, or a password alone.

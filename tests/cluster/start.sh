@@ -136,6 +136,13 @@ create_test_user() {
   [[ $(getent shadow "$TEST_USER" | cut -d: -f2) == '*' ]] || usermod -p '*' "$TEST_USER"
 }
 
+# A second user on the same nodes (a stranger to hpcuser): no login, no home to speak
+# of; the tests run its processes with runuser, as another user's job would run.
+create_neighbour_user() {
+  id "$NEIGHBOUR_USER" &>/dev/null ||
+    useradd --system --no-create-home --shell /usr/sbin/nologin "$NEIGHBOUR_USER"
+}
+
 # A site-style module name for Debian's Python 3.11, visible to every login shell
 # (ssh bash -l, #!/bin/bash -l jobs) through Lmod's modulespath list.
 setup_python_module() {
@@ -644,6 +651,7 @@ main() {
   prepare_dirs
   add_node_hosts
   create_test_user
+  create_neighbour_user
   setup_python_module
   start_munge
   start_mariadb
