@@ -79,13 +79,14 @@ class LocalBackend:
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 data = json.loads(meta.read_text())
                 job = _Job(data["session"], int(data["pid"]), str(data["identity"]),
-                           Path(data["private"]), datetime.fromisoformat(data["ends_at"]),
-                           data.get("fingerprint"))
-                if job.alive():
+                           self.root / data["session"] / data["private"],
+                           datetime.fromisoformat(data["ends_at"]), data.get("fingerprint"))
+                inside = job.private.resolve().parent.parent == self.root.resolve()
+                if inside and job.alive():
                     self._jobs[str(job.pid)] = job
                     self._supervise(job, None)
                     continue
-                log.info("not adopting a stale notebook record", pid=job.pid)
+                log.info("not adopting a stale or foreign notebook record", pid=job.pid)
             meta.unlink(missing_ok=True)
 
     async def stop(self) -> None:
@@ -170,7 +171,7 @@ class LocalBackend:
                    self._clock() + spec.resources.time, spec.job_fingerprint())
         self._jobs[job_id] = job
         meta = {"session": session, "pid": process.pid, "identity": job.identity,
-                "private": str(private), "ends_at": job.ends_at.isoformat(),
+                "private": private.name, "ends_at": job.ends_at.isoformat(),
                 "fingerprint": job.fingerprint}
         _write_private(self.root / "jobs" / f"{job_id}.json", json.dumps(meta))
         self._supervise(job, process)
