@@ -53,16 +53,16 @@ def victim_cmdline_ports(uid: int) -> set[int]:
     return ports
 
 
-def victim_listening_ports(uid: int) -> set[int]:
-    """Ports on which the victim's sockets listen."""
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as handle:
-            for row in handle.read().splitlines()[1:]:
-                fields = row.split()
-                if fields[3] == "0A" and int(fields[7]) == uid:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+def victim_listening(uid: int) -> set[tuple[str, int]]:
+    """(IPv4 address, port) on which the victim's sockets listen."""
+    found = set()
+    with open("/proc/net/tcp") as handle:
+        for row in handle.read().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[7]) == uid:
+                address, port = fields[1].split(":")
+                found.add((socket.inet_ntoa(bytes.fromhex(address)[::-1]), int(port, 16)))
+    return found
 
 
 class Neighbour:
@@ -73,6 +73,7 @@ class Neighbour:
         self.addresses = addresses
         self.wanted: set[int] = set()
         self.held: dict[tuple[str, int], socket.socket] = {}
+        self.seen_listening: set[tuple[str, int]] = set()
         self.selector = selectors.DefaultSelector()
         with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
             low, high = (int(n) for n in handle.read().split())
@@ -80,14 +81,19 @@ class Neighbour:
 
     def learn(self) -> None:
         """Add the ports the victim shows, and their neighbours."""
-        for source, ports in (("cmdline", victim_cmdline_ports(self.uid)),
-                              ("listening", victim_listening_ports(self.uid))):
-            for port in ports:
-                if port not in self.wanted:
-                    say("learned", port=port, source=source)
-                for near in range(port - GUESSES_PER_PORT, port + GUESSES_PER_PORT + 1):
-                    if 1024 <= near < 65536:
-                        self.wanted.add(near)
+        for port in victim_cmdline_ports(self.uid):
+            self.want(port, "cmdline")
+        for address, port in victim_listening(self.uid) - self.seen_listening:
+            self.seen_listening.add((address, port))
+            self.want(port, "listening", address)
+
+    def want(self, port: int, source: str, address: str = "") -> None:
+        """Bind `port` and the ports next to it from now on."""
+        if port not in self.wanted or address:
+            say("learned", port=port, source=source, address=address)
+        for near in range(port - GUESSES_PER_PORT, port + GUESSES_PER_PORT + 1):
+            if 1024 <= near < 65536:
+                self.wanted.add(near)
 
     def grab(self) -> None:
         """Try to bind every wanted port on every node address not held yet."""
