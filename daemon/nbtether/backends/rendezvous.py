@@ -88,7 +88,7 @@ for name in {config_names}; do
 {config}NBTETHER_CONFIG
 done
 export JUPYTER_CONFIG_PATH="$private/config${{JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}}"
-# Port 0: the kernel picks a free port as Jupyter binds it, so no other user can take it first.
+# Port 0: the kernel picks the port, so argv shows no number for another user to take first.
 jupyter {app} --no-browser --ip="$address" --port=0 --ServerApp.root_dir={root_dir} &
 jupyter=$!
 trap 'kill -TERM "$jupyter" 2>/dev/null' TERM INT
