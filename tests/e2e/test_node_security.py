@@ -29,18 +29,19 @@ ROUNDS = 3  # every session starts a job this many times: 21 starts
 
 
 class Neighbour:
-    """tests/e2e/neighbour.py running as another unprivileged user, its events in a file."""
+    """tests/e2e/neighbour.py running as another unprivileged user, its events in a file
+    (JSON lines on its stdout; stderr apart)."""
 
     def __init__(self, log: Path, cluster: Cluster) -> None:
         self.log = log
         source = (Path(__file__).parent / "neighbour.py").read_text()
         uid = pwd.getpwnam(cluster.user).pw_uid
-        with log.open("w") as out:
+        self.errors = log.with_suffix(".err")
+        with log.open("w") as out, self.errors.open("w") as err:
             self.process = subprocess.Popen(
                 ["runuser", "-u", cluster.neighbour, "--", "python3", "-c", source, str(uid),
                  *NODE_ADDRESSES],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
             )
         wait_for(lambda: self.events("started"), timeout=10, message="the neighbour to start")
 
@@ -48,7 +49,7 @@ class Neighbour:
         """The neighbour's events of one kind so far."""
         lines = self.log.read_text().splitlines()
         if self.process.poll() is not None:
-            raise AssertionError(f"the neighbour died: {lines[-20:]}")
+            raise AssertionError(f"the neighbour died: {self.errors.read_text()[-2000:]}")
         return [event for line in lines if (event := json.loads(line))["event"] == kind]
 
     def stop(self) -> None:
