@@ -345,8 +345,6 @@ def _follow_job(
             record.message = f"{job.base_state.lower()}: {reason}"
         return out
     if seen.endpoint is None:
-        if seen.routed is not None:
-            out.actions.append(Route(None))  # Jupyter ended: its old address is anybody's now
         record.phase, record.message = "starting", f"job running on {job.node or '?'}; " \
             "waiting for Jupyter to start"
         return out
