@@ -34,12 +34,10 @@ def scrub(text: str, token: str | None = None) -> str:
 
 def worth_telling(before: str, after: str) -> bool:
     """A phase change a person wants to hear about: ready, failed, invalid, a login to give,
-    or lost readiness."""
+    lost readiness, and both ends of a handover (the kernel will stop; it was replaced)."""
     if before == after:
         return False
-    if after == "ready":
-        return before != "handover"  # a handover keeps the URL working: nothing to say
-    if after in ("failed", "invalid", "login"):
+    if after in ("ready", "handover", "failed", "invalid", "login"):
         return True
     return before in ("ready", "handover") and after in ("pending", "starting")
 
@@ -71,10 +69,14 @@ class DesktopNotifier:
         message = scrub(record.message, record.token)
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 1] + "…"
-        if record.phase == "ready" and record.local_port is not None:
+        title = f"nbtether: {record.name} is {record.phase}"
+        if record.phase == "ready" and before == "handover":
+            title = f"nbtether: {record.name}: kernel replaced"  # same URL; the message says why
+        elif record.phase == "ready" and record.local_port is not None:
             message = f"http://127.0.0.1:{record.local_port}/ (nbtether open {record.name})"
-        self.show(f"nbtether: {record.name} is {record.phase}", message,
-                  urgent=record.phase in ("failed", "invalid"))
+        elif record.phase == "handover":
+            title = f"nbtether: {record.name}: kernel stops at the walltime end"
+        self.show(title, message, urgent=record.phase in ("failed", "invalid"))
 
     def show(self, title: str, body: str, urgent: bool = False) -> None:
         """Start the notifier without waiting for it; a failure is logged, never raised."""

@@ -19,6 +19,13 @@ RECHECK = 30.0  # seconds between looks at a session that waits on nothing in pa
 PROBE_AGAIN = 0.5  # the notebook was announced but does not answer yet
 BACKOFF_BASE = 15.0  # failed starts are retried after 15 s, 30 s, 60 s, …
 WARN_BEFORE = timedelta(minutes=10)  # warn this long before a walltime end without handover
+# Switch to the successor this long before the walltime end that squeue's time left gives.
+# SLURM kills at the end or later (its time-limit check runs every 30 s, OverTimeLimit adds
+# minutes), and the estimate errs by about a second (`%L` counts whole seconds, the poll
+# takes a moment); the rest is margin for the pass that switches to be done in time.
+SWITCH_BEFORE = timedelta(seconds=5)
+HANDOVER_LOOK = 5.0  # seconds between looks while both jobs run (is the old one still there?)
+REPLACED_NOTICE = timedelta(minutes=10)  # how long status says the kernel was replaced
 
 
 @dataclass(frozen=True)
@@ -270,6 +277,7 @@ def _after_end(
         record.submitted_at, record.successor_submitted_at = record.successor_submitted_at, None
         record.endpoint, record.ends_at = None, None
         record.restarts += 1
+        record.replaced_at = now
         record.phase, record.message = "pending", f"previous job ended ({said})"
         out.actions.append(Route(None))
         out.requeue_after = 0.0
@@ -344,6 +352,10 @@ def _follow_job(
         else:
             record.message = f"{job.base_state.lower()}: {reason}"
         return out
+    if record.successor_id and record.endpoint is not None and _successor_ready(seen) and (
+            seen.endpoint != record.endpoint or not seen.answering):
+        # The serving job announced its end or stopped answering: its end is here.
+        return _switch(record, seen, now, out)
     if seen.endpoint is None:
         record.phase, record.message = "starting", f"job running on {job.node or '?'}; " \
             "waiting for Jupyter to start"
@@ -359,6 +371,8 @@ def _follow_job(
     if seen.routed != seen.endpoint:
         out.actions.append(Route(seen.endpoint))
     record.phase, record.message = "ready", _time_left(record, now)
+    if record.replaced_at is not None and now - record.replaced_at < REPLACED_NOTICE:
+        record.message = f"{_replaced(record, now)}; {record.message}"
     return _handover(spec, record, seen, now, out)
 
 
@@ -383,7 +397,9 @@ def _handover(spec: SessionSpec, record: Record, seen: Seen, now: datetime, out:
         return out
     successor = seen.successor
     if record.successor_id is None:
-        record.phase, record.message = "handover", "starting the successor job"
+        record.phase = "handover"
+        record.message = (f"walltime ends {_within(record.ends_at - now)}: the kernel stops "
+                          "then, save your notebooks; starting the successor job for the same URL")
         out.actions.append(Submit(successor=True))
         out.requeue_after = 0.0
         return out
@@ -403,19 +419,21 @@ def _handover(spec: SessionSpec, record: Record, seen: Seen, now: datetime, out:
         record.message = f"successor job not used: {_unprotected(node)}"
         return out
     record.phase = "handover"
-    if seen.successor_endpoint and seen.successor_answering:
-        old = record.job_id
-        out.actions += [Route(seen.successor_endpoint), Cancel((old,) if old else ())]
-        record.job_id, record.successor_id = record.successor_id, None
-        record.submitted_at, record.successor_submitted_at = record.successor_submitted_at, None
-        record.endpoint, record.ends_at = seen.successor_endpoint, None
-        record.restarts += 1
-        record.phase, record.message = "ready", "handed over to the successor job"
-        out.requeue_after = 0.0
+    # Make before break, break at the end: the successor waits, unrouted, until the old job
+    # ends, so open pages keep their kernel and talk to one server only.
+    switch_at = record.ends_at - SWITCH_BEFORE
+    if _successor_ready(seen) and now >= switch_at:
+        return _switch(record, seen, now, out)
+    stops = f"walltime of job {record.job_id} ends {_within(record.ends_at - now)}: " \
+        "the kernel stops then, save your notebooks"
+    if _successor_ready(seen):
+        record.message = f"{stops}; successor job {record.successor_id} is ready to take over"
+        out.requeue_after = max(0.0, min(HANDOVER_LOOK, (switch_at - now).total_seconds()))
         return out
     state = successor.state.lower()
-    record.message = f"successor job {record.successor_id} {state}; {_time_left(record, now)}"
-    out.requeue_after = PROBE_AGAIN if seen.successor_endpoint else min(RECHECK, 5.0)
+    record.message = f"{stops}; successor job {record.successor_id} {state}"
+    out.requeue_after = PROBE_AGAIN if seen.successor_endpoint else \
+        min(HANDOVER_LOOK, (switch_at - now).total_seconds())
     return out
 
 
@@ -424,6 +442,36 @@ def _unprotected(node: str | None) -> str:
             "port gets in: your Jupyter config disables the token (e.g. "
             "c.IdentityProvider.token = '' or a custom identity provider); the job was cancelled. "
             "Fix the config, then touch the session file")
+
+
+def _successor_ready(seen: Seen) -> bool:
+    return seen.successor_endpoint is not None and seen.successor_answering
+
+
+def _switch(record: Record, seen: Seen, now: datetime, out: Plan) -> Plan:
+    """Route to the successor, then end the old job; its kernel goes with it."""
+    old = record.job_id
+    out.actions += [Route(seen.successor_endpoint), Cancel((old,) if old else ())]
+    record.job_id, record.successor_id = record.successor_id, None
+    record.submitted_at, record.successor_submitted_at = record.successor_submitted_at, None
+    record.endpoint, record.ends_at = seen.successor_endpoint, None
+    record.restarts += 1
+    record.replaced_at = now
+    record.phase, record.message = "ready", _replaced(record, now)
+    out.requeue_after = 0.0
+    return out
+
+
+def _within(left: timedelta) -> str:
+    minutes = int(left.total_seconds()) // 60
+    return f"in {minutes} min" if minutes > 0 else "in less than a minute"
+
+
+def _replaced(record: Record, now: datetime) -> str:
+    ago = int((now - record.replaced_at).total_seconds()) // 60 if record.replaced_at else 0
+    when = "just now" if ago == 0 else f"{ago} min ago"
+    return (f"kernel replaced {when} (job {record.job_id} took over at the walltime end): "
+            "variables are reset, saved files are kept")
 
 
 def _time_left(record: Record, now: datetime) -> str:

@@ -51,6 +51,7 @@ class Record(BaseModel):
     ends_at: datetime | None = None  # walltime end of `job_id`
     given_up_on: str | None = None  # the attempt (plan.attempt_key) that failed for good
     file_version: str | None = None  # of the session file when last planned
+    replaced_at: datetime | None = None  # a successor took over: the kernel was replaced
 
     @classmethod
     def new(cls, name: str, cluster: str = "", local_port: int | None = None) -> Record:

@@ -23,7 +23,7 @@ log = structlog.get_logger(__name__)
 
 Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 CHUNK = 256 * 1024
-HOLD_SECONDS = 30.0  # a connection that arrives between jobs waits this long for one
+HOLD_SECONDS = 30.0  # a connection that cannot be forwarded yet waits this long for a job
 # Open connections per session port. A browser uses a few dozen at most; without a cap,
 # a few hundred idle connections to one port used up the daemon's file descriptors and
 # every other session failed with EMFILE.
@@ -34,14 +34,19 @@ DESCRIPTORS_WHEN_UNLIMITED = 10240  # macOS's OPEN_MAX: the most it allows per p
 class Tunnel:
     """127.0.0.1:port → whatever endpoint the session currently points at."""
 
-    def __init__(self, port: int, opener: Opener, on_failure: Callable[[], None]) -> None:
+    def __init__(
+        self, port: int, opener: Opener, on_failure: Callable[[], None],
+        hold: float = HOLD_SECONDS,
+    ) -> None:
         self.port = port
+        self.hold = hold
         self.target: Endpoint | None = None
         self.open_connections = 0
         self._opener = opener
         self._on_failure = on_failure
         self._server: asyncio.Server | None = None
         self._routed = asyncio.Event()
+        self._moved = asyncio.Event()  # set (and replaced) whenever the target changes
         self._tasks: set[asyncio.Task[None]] = set()
         self._refusing = False
 
@@ -51,6 +56,9 @@ class Tunnel:
 
     def point(self, target: Endpoint | None) -> None:
         """Send new connections to `target` (None: hold them until there is one)."""
+        if target != self.target:
+            self._moved.set()
+            self._moved = asyncio.Event()
         self.target = target
         if target is None:
             self._routed.clear()
@@ -89,17 +97,27 @@ class Tunnel:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._routed.wait(), HOLD_SECONDS)
-        target = self.target
-        if target is None:
-            return
-        try:
-            remote_reader, remote_writer = await self._opener(target.address, target.port)
-        except Exception as exc:  # any failure to reach the job means: look at the job again
-            log.info("tunnel cannot reach the notebook", port=self.port, error=str(exc))
-            self._on_failure()
-            return
+        deadline = asyncio.get_running_loop().time() + self.hold
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await self._routed.wait()
+            target, moved = self.target, self._moved
+            if target is None:
+                return
+            try:
+                remote_reader, remote_writer = await self._opener(target.address, target.port)
+                break
+            except Exception as exc:  # any failure to reach the job: look at the job again
+                log.info("tunnel cannot reach the notebook", port=self.port, error=str(exc))
+                self._on_failure()
+            # Nothing was forwarded yet, so the connection can wait for the session to move
+            # (a job that just ended, a handover) instead of failing the browser's request.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await moved.wait()
+            except TimeoutError:
+                return
         try:
             await splice(reader, writer, remote_reader, remote_writer)
         finally:

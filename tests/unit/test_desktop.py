@@ -79,15 +79,28 @@ def test_failure_is_urgent_and_its_message_loses_the_token(shown: Path) -> None:
 
 
 def test_routine_changes_stay_quiet(shown: Path) -> None:
-    """pending→starting and a handover back to ready show nothing; losing readiness does."""
+    """pending→starting and ready→ready show nothing; losing readiness does."""
     notifier = DesktopNotifier(platform="linux")
     notifier.phase_changed("pending", record("starting"))
-    notifier.phase_changed("handover", record("ready"))
     notifier.phase_changed("ready", record("ready"))
     notifier.phase_changed("ready", record("pending", message="previous job ended (TIMEOUT)"))
     notifier.close()
     assert [argv[4:] for argv in calls(shown)] == [
         ["nbtether: analysis is pending", "previous job ended (TIMEOUT)"]]
+
+
+def test_a_handover_warns_before_the_end_and_tells_of_the_new_kernel(shown: Path) -> None:
+    """Entering handover warns that the kernel stops; the switch says it was replaced."""
+    notifier = DesktopNotifier(platform="linux")
+    before = "walltime ends in 10 min: the kernel stops then, save your notebooks; …"
+    after = "kernel replaced just now (job 101 took over at the walltime end): …"
+    notifier.phase_changed("ready", record("handover", message=before))
+    notifier.close()  # one at a time, so the stand-in records them in order
+    notifier.phase_changed("handover", record("ready", message=after))
+    notifier.close()
+    assert [argv[4:] for argv in calls(shown)] == [
+        ["nbtether: analysis: kernel stops at the walltime end", before],
+        ["nbtether: analysis: kernel replaced", after]]
 
 
 def test_macos_passes_the_texts_as_arguments_to_osascript(shown: Path) -> None:
@@ -134,9 +147,9 @@ def test_scrub_elides_token_parameters(text: str, expected: str) -> None:
 
 
 def test_worth_telling_table() -> None:
-    """The phase changes that notify: ready (not after handover), failed, invalid, lost."""
+    """The phase changes that notify: ready, handover, failed, invalid, lost readiness."""
     assert worth_telling("starting", "ready")
-    assert not worth_telling("handover", "ready")
+    assert worth_telling("handover", "ready") and worth_telling("ready", "handover")
     assert worth_telling("ready", "failed") and worth_telling("ready", "invalid")
     assert worth_telling("handover", "starting")
     assert not worth_telling("pending", "starting")

@@ -11,6 +11,8 @@ import pytest
 from nbtether.errors import SubmissionRejected, SubmissionUnconfirmed
 from nbtether.jobs import Endpoint, JobInfo
 from nbtether.plan import (
+    REPLACED_NOTICE,
+    SWITCH_BEFORE,
     Cancel,
     Forget,
     Listen,
@@ -207,19 +209,84 @@ def test_handover_submits_successor_before_walltime() -> None:
     assert outcome.record is not None and outcome.record.phase == "handover"
 
 
-def test_handover_switches_when_successor_answers() -> None:
-    """A ready successor takes the route first; only then is the predecessor cancelled."""
-    spec = make_spec(restart={"handover": "10m"})
-    record = make_record(job_id="100", successor_id="101", phase="handover",
-                         fingerprint=spec.job_fingerprint())
-    observed = seen(job=job("RUNNING", ends_at=NOW + timedelta(minutes=3)), endpoint=EP,
-                    answering=True, routed=EP, successor=job("RUNNING", "101"),
-                    successor_endpoint=EP2, successor_answering=True)
-    outcome = plan(spec, record, observed, NOW)
+HANDOVER = make_spec(restart={"handover": "10m"})
+
+
+def both_running(left: timedelta, **fields: Any) -> Seen:
+    """The old job serving with `left` until its walltime end, and a ready successor."""
+    fields = {"job": job("RUNNING", ends_at=NOW + left), "endpoint": EP, "answering": True,
+              "routed": EP, "successor": job("RUNNING", "101"), "successor_endpoint": EP2,
+              "successor_answering": True, **fields}
+    return seen(**fields)
+
+
+def in_handover(**fields: Any) -> Record:
+    """A record whose job 100 serves at EP while successor 101 was submitted."""
+    return make_record(job_id="100", successor_id="101", phase="handover", endpoint=EP,
+                       fingerprint=HANDOVER.job_fingerprint(), **fields)
+
+
+def test_ready_successor_waits_unrouted_while_the_old_job_serves() -> None:
+    """A successor that answers minutes before the end gets no route; the old job keeps serving."""
+    outcome = plan(HANDOVER, in_handover(), both_running(timedelta(minutes=3)), NOW)
+    assert outcome.actions == []
+    assert outcome.record is not None
+    assert (outcome.record.phase, outcome.record.job_id) == ("handover", "100")
+    assert outcome.record.message == ("walltime of job 100 ends in 3 min: the kernel stops "
+                                      "then, save your notebooks; successor job 101 is ready "
+                                      "to take over")
+
+
+def test_waiting_successor_looks_again_exactly_at_the_switch_time() -> None:
+    """Close to the end, the next look is due when the switch is, not a fixed interval later."""
+    outcome = plan(HANDOVER, in_handover(), both_running(timedelta(seconds=8)), NOW)
+    assert outcome.requeue_after == pytest.approx(8 - SWITCH_BEFORE.total_seconds())
+
+
+def test_handover_switches_a_few_seconds_before_the_walltime_end() -> None:
+    """At SWITCH_BEFORE before the end, the route moves first, then the old job is cancelled."""
+    outcome = plan(HANDOVER, in_handover(), both_running(SWITCH_BEFORE), NOW)
     assert outcome.actions == [Route(EP2), Cancel(("100",))]
     assert outcome.record is not None
     assert (outcome.record.job_id, outcome.record.successor_id) == ("101", None)
-    assert outcome.record.restarts == 1
+    assert (outcome.record.phase, outcome.record.restarts) == ("ready", 1)
+    assert outcome.record.replaced_at == NOW
+
+
+def test_handover_switches_when_the_old_job_announces_its_end() -> None:
+    """The old job's `.end` (its endpoint withdrawn) switches at once, minutes before walltime."""
+    outcome = plan(HANDOVER, in_handover(),
+                   both_running(timedelta(minutes=3), endpoint=None, answering=False), NOW)
+    assert outcome.actions == [Route(EP2), Cancel(("100",))]
+
+
+def test_handover_switches_when_the_old_server_stops_answering() -> None:
+    """An old notebook that no longer answers its probe is switched away from at once."""
+    outcome = plan(HANDOVER, in_handover(), both_running(timedelta(minutes=3), answering=False),
+                   NOW)
+    assert outcome.actions == [Route(EP2), Cancel(("100",))]
+
+
+def test_old_job_past_its_end_stays_while_the_successor_is_not_ready() -> None:
+    """Without a ready successor nothing switches at the deadline: the old job serves on."""
+    outcome = plan(HANDOVER, in_handover(),
+                   both_running(timedelta(seconds=2), successor_answering=False), NOW)
+    assert outcome.actions == []
+    assert outcome.record is not None and outcome.record.job_id == "100"
+
+
+def test_status_says_the_kernel_was_replaced_for_ten_minutes() -> None:
+    """After the switch, status says the kernel was replaced; later only the time left."""
+    switched = plan(HANDOVER, in_handover(), both_running(SWITCH_BEFORE), NOW).record
+    assert switched is not None
+    assert switched.message.startswith("kernel replaced just now (job 101 took over")
+    serving = seen(job=job("RUNNING", "101", ends_at=NOW + timedelta(hours=2)), endpoint=EP2,
+                   answering=True, routed=EP2)
+    later = plan(HANDOVER, switched, serving, NOW + timedelta(minutes=3)).record
+    assert later is not None and later.message.startswith("kernel replaced 3 min ago")
+    assert "variables are reset, saved files are kept" in later.message
+    much_later = plan(HANDOVER, later, serving, NOW + REPLACED_NOTICE).record
+    assert much_later is not None and "kernel" not in much_later.message
 
 
 def test_successor_becomes_the_job_when_the_old_one_ends_first() -> None:

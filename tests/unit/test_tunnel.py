@@ -80,10 +80,11 @@ async def test_a_connection_between_jobs_waits_for_the_next_one() -> None:
 
 
 async def test_an_unreachable_target_is_reported() -> None:
-    """A connection that cannot reach its target tells the daemon to look again."""
+    """A connection that cannot reach its target tells the daemon to look again, and is
+    closed when the session does not move within the hold time."""
     failures: list[int] = []
     port = _free_port()
-    tunnel = Tunnel(port, asyncio.open_connection, lambda: failures.append(1))
+    tunnel = Tunnel(port, asyncio.open_connection, lambda: failures.append(1), hold=0.3)
     await tunnel.listen()
     try:
         tunnel.point(Endpoint(node="c1", address="127.0.0.1", port=_free_port()))
@@ -91,6 +92,24 @@ async def test_an_unreachable_target_is_reported() -> None:
         assert failures == [1]
     finally:
         await tunnel.close()
+
+
+async def test_a_connection_to_an_ended_job_waits_for_the_next_target() -> None:
+    """A connection whose job refuses it is forwarded to the job the session moves to next."""
+    failed = asyncio.Event()
+    server, server_port = await _echo_server(b"from the successor")
+    port = _free_port()
+    tunnel = Tunnel(port, asyncio.open_connection, failed.set)
+    await tunnel.listen()
+    try:
+        tunnel.point(Endpoint(node="c1", address="127.0.0.1", port=_free_port()))
+        asking = asyncio.create_task(_ask(port))
+        await asyncio.wait_for(failed.wait(), 5)  # the daemon hears of it and moves the route
+        tunnel.point(Endpoint(node="c2", address="127.0.0.1", port=server_port))
+        assert await asking == b"from the successor"
+    finally:
+        await tunnel.close()
+        server.close()
 
 
 async def test_a_taken_port_fails_to_listen_and_its_holder_is_named() -> None:
