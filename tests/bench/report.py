@@ -199,12 +199,15 @@ EXPLAIN = {
        "`/api/status` with the token; the figure is the difference of their first 200s.",
     4: "Three scenarios side by side, each probed every 0.2 s (a probe not answered within "
        "1 s fails; unreachable time is the time covered by failed probes): nbtether with "
-       "handover (`time: \"00:02:00\"`, `handover: \"90s\"`), nbtether without "
+       "handover (`time: \"00:03:00\"`, `handover: \"75s\"`), nbtether without "
        "(`time: \"00:01:00\"`, `handover: \"0s\"`), and the tutorial's manual cycle at its "
        "best: `squeue -j` every 30 s to notice the end, `sbatch` of the same script, a look "
        "at the job's node/port file every second, and a new `ssh -N -L`. How long the "
        "manual cycle takes to notice the end depends on the phase of its 30 s poll (0 to "
-       "30 s, by luck), so it is also given as its average: 15 s plus the measured restore.",
+       "30 s, by luck), so it is also given as its average: 15 s plus the measured restore. "
+       "How much of its walltime the handed-over job kept (and the kernel in it) is its "
+       "`ElapsedRaw` against its `TimelimitRaw` in `sacct`: the successor waits, unrouted, "
+       "and the switch comes a few seconds before the end.",
     5: "`sdiag` \"Remote Procedure Call statistics by user\", hpcuser's count read twice "
        "120 s apart (the window starts half a poll period after a poll, so it holds exactly "
        "two of the daemon's 60 s polls) with 1, 8 and 32 ready sessions; then the daemon "

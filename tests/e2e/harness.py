@@ -9,6 +9,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -82,6 +84,29 @@ def listening_addresses(port: int) -> set[str]:
     out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
                          check=True).stdout
     return {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
+
+
+class Prober(threading.Thread):
+    """Asks the notebook for /api/status every `interval` seconds and records failures."""
+
+    def __init__(self, url: str, token: str, interval: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.url, self.token, self.interval = url, token, interval
+        self.failures: list[tuple[float, int]] = []
+        self.requests = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            code = http_status(self.url, self.token, timeout=5)
+            self.requests += 1
+            if code != 200:
+                self.failures.append((time.monotonic(), code))
+            self.stopping.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(timeout=10)
 
 
 class Daemon:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from tests.cluster import STATE_DIR, start_cluster, wait_for
 from tests.e2e.harness import (
     BOTH_SCHEDULERS,
     Daemon,
+    Prober,
     free_port,
     http_status,
     session_yaml,
@@ -25,29 +25,6 @@ pytestmark = pytest.mark.e2e
 
 SLURMCTLD_PID = STATE_DIR / "slurm" / "slurmctld.pid"
 SSHD_PID = STATE_DIR / "sshd" / "sshd.pid"
-
-
-class Prober(threading.Thread):
-    """Asks the notebook for /api/status every `interval` seconds and records failures."""
-
-    def __init__(self, url: str, token: str, interval: float = 0.2) -> None:
-        super().__init__(daemon=True)
-        self.url, self.token, self.interval = url, token, interval
-        self.failures: list[tuple[float, int]] = []
-        self.requests = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            code = http_status(self.url, self.token, timeout=5)
-            self.requests += 1
-            if code != 200:
-                self.failures.append((time.monotonic(), code))
-            self.stopping.wait(self.interval)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(timeout=10)
 
 
 @BOTH_SCHEDULERS

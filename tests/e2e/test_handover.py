@@ -1,0 +1,141 @@
+"""A walltime handover seen from a real browser: Chromium runs JupyterLab through the URL."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.cluster import wait_for
+from tests.e2e.harness import Daemon, Prober, free_port, session_yaml, token_of
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own download cannot work offline
+# Short jobs keep the test short. The lead leaves the successor time to start on a busy
+# machine, and is under half the walltime, so the successor is ready, not in a handover
+# of its own, right after the switch.
+WALLTIME, LEAD = "00:03:00", "75s"
+SWITCH_MARGIN = 10  # the switch comes at most this long before the walltime end
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """A fresh Chromium page (headless, no sandbox: the tests run as root)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def put_notebook(base: str, token: str, name: str) -> None:
+    """Create an empty Python notebook through Jupyter's contents API."""
+    notebook = {"cells": [], "nbformat": 4, "nbformat_minor": 5, "metadata": {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}
+    body = json.dumps({"type": "notebook", "content": notebook}).encode()
+    request = urllib.request.Request(  # noqa: S310 (the test builds a local http URL)
+        f"{base}/api/contents/{name}", data=body, method="PUT",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (local http)
+        assert response.status == 201
+
+
+def run_cell(page: Page, code: str, expect: str, timeout: float = 90) -> None:
+    """Type `code` into the notebook's last cell, run it, and wait for `expect` in its output."""
+    editor = page.locator(".jp-NotebookPanel:visible .jp-Cell").last.locator(".cm-content")
+    editor.click()
+    page.keyboard.type(code)
+    page.wait_for_function("([element, code]) => element.textContent === code",
+                           arg=[editor.element_handle(), code])
+    page.keyboard.press("Shift+Enter")
+    output = page.locator(".jp-OutputArea-output", has_text=expect)
+    output.first.wait_for(timeout=timeout * 1000)
+
+
+def open_notebook(page: Page, url: str) -> None:
+    """Open a notebook and wait until JupyterLab shows it ready for typing."""
+    page.goto(url)
+    page.locator(".jp-Notebook .jp-Cell .cm-content").first.wait_for(timeout=60_000)
+    page.get_by_text("Mode: Command").wait_for(timeout=60_000)
+
+
+def job_times(daemon: Daemon, job_id: str) -> dict[str, Any]:
+    """Start, end, state and time limit of a finished job, from SLURM's accounting."""
+
+    def recorded() -> dict[str, Any] | None:
+        out = daemon.cluster.ssh(f"sacct -X -n -P -j {job_id} -o Start,End,State,TimelimitRaw")
+        fields = out.stdout.strip().split("|")
+        if len(fields) != 4 or fields[1] in ("", "Unknown"):
+            return None
+        return {"start": datetime.fromisoformat(fields[0]), "end": datetime.fromisoformat(
+            fields[1]), "state": fields[2], "limit": int(fields[3]) * 60}
+
+    return wait_for(recorded, timeout=60, message=f"accounting of job {job_id}")
+
+
+def test_a_page_keeps_its_kernel_until_the_walltime_end_then_runs_on(
+    daemon: Daemon, page: Page
+) -> None:
+    """The page's kernel lives until just before the walltime end while the successor waits;
+    then the same page runs cells on the successor, a reload needs no login, and a probe
+    every 0.2 s sees no failure."""
+    port = free_port()
+    daemon.drop("relay", session_yaml(port, time=WALLTIME, handover=LEAD))
+    first = daemon.wait_phase("relay", "ready", timeout=120)
+    token, base = token_of(first), f"http://127.0.0.1:{port}"
+    notebook = f"handover-{secrets.token_hex(4)}.ipynb"
+    put_notebook(base, token, notebook)
+    prober = Prober(f"{base}/api/status", token)
+    prober.start()
+    failed: list[tuple[float, str]] = []
+    page.on("requestfailed", lambda request: failed.append((time.monotonic(), request.url)))
+    try:
+        # A workspace of its own: JupyterLab would otherwise reopen tabs of earlier runs.
+        lab = f"{base}/lab/workspaces/{notebook.removesuffix('.ipynb')}/tree/{notebook}"
+        open_notebook(page, f"{lab}?token={token}")
+        run_cell(page, 'x = 6 * 7; print("x is", x)', "x is 42")
+
+        def successor_ready() -> dict[str, Any] | None:
+            row = daemon.status()["relay"]
+            return row if "is ready to take over" in str(row["message"]) else None
+
+        waiting = wait_for(successor_ready, timeout=150, interval=0.5,
+                           message="the successor to be ready")
+        assert waiting["phase"] == "handover" and waiting["job_id"] == first["job_id"]
+        successor = next(job_id for job_id, state, _ in daemon.active_jobs()
+                         if job_id != str(first["job_id"]) and state == "RUNNING")
+        run_cell(page, 'print("still", x)', "still 42")
+        both_ran_until = time.monotonic()
+        successor_log = daemon.cluster.ssh(
+            f"cat ~/.nbtether/{daemon.instance}/relay/slurm-{successor}.out").stdout
+        assert "/api/" not in successor_log, "a page request reached the successor early"
+
+        def switched() -> dict[str, Any] | None:
+            row = daemon.status()["relay"]
+            return row if (row["job_id"], row["phase"]) == (successor, "ready") else None
+
+        row = wait_for(switched, timeout=150, interval=0.2, message="the switch to the successor")
+        assert row["url"] == first["url"]
+        assert "kernel replaced" in row["message"]
+        run_cell(page, 'print("after, x defined:", "x" in globals())', "x defined: False")
+        page.reload()
+        page.locator(".jp-NotebookPanel:visible .jp-Cell").first.wait_for(timeout=60_000)
+        assert page.url.startswith(lab)
+        assert page.locator("input[type=password]").count() == 0
+    finally:
+        prober.stop()
+        daemon.cluster.ssh(f"rm -f ~/{notebook}", check=False)
+    assert prober.failures == []
+    assert [url for at, url in failed if at <= both_ran_until] == []
+    old = job_times(daemon, str(first["job_id"]))
+    served = (old["end"] - old["start"]).total_seconds()
+    assert old["limit"] - SWITCH_MARGIN <= served <= old["limit"], old
