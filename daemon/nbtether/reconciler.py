@@ -70,6 +70,7 @@ class Reconciler:
         self.tunnels: dict[str, Tunnel] = {}
         self._port_errors: dict[str, str] = {}
         self._submit_failures: dict[str, SubmitFailed] = {}
+        self._unreachable: set[str] = set()  # sessions whose tunnel failed to reach the job
         self._wake = wake
         self._clock = clock
         self._on_phase = on_phase  # told (old phase, new record) after each phase change
@@ -153,6 +154,8 @@ class Reconciler:
         if problem:
             return replace(own, problem=str(problem), blocked=isinstance(problem, PermanentError),
                            login=isinstance(problem, LoginRequired))
+        suspect = name in self._unreachable
+        self._unreachable.discard(name)
         job = successor = None
         if record.job_id:
             job = await backend.job(record.job_id, record.submitted_at)
@@ -162,7 +165,7 @@ class Reconciler:
         successor_endpoint = (
             backend.endpoint(record.successor_id) if record.successor_id else None
         )
-        answer = await self._answers(record, backend, endpoint, routed)
+        answer = await self._answers(record, backend, endpoint, routed, suspect)
         successor_answer = await self._answers(record, backend, successor_endpoint, None)
         return replace(
             own,
@@ -178,12 +181,17 @@ class Reconciler:
         )
 
     async def _answers(
-        self, record: Record, backend: Backend, endpoint: Endpoint | None, routed: Endpoint | None
+        self, record: Record, backend: Backend, endpoint: Endpoint | None,
+        routed: Endpoint | None, suspect: bool = False,
     ) -> Answer:
         if endpoint is None:
             return Answer.NOT_YET
-        if record.phase == "ready" and routed == endpoint:
-            return Answer.READY  # serving already; a failing connection wakes us up
+        if record.phase in ("ready", "handover") and routed == endpoint and not (
+                record.phase == "handover" and suspect):
+            # Serving already; a failing connection wakes us up. During a handover it is
+            # probed then, since a job that stopped answering is switched away from, and a
+            # busy server that misses one probe must not lose its kernel early.
+            return Answer.READY
         return await self._probe(backend.open_connection, endpoint, record.token)
 
     async def _act(
@@ -255,6 +263,7 @@ class Reconciler:
 
     def _suspect(self, name: str) -> None:
         """The tunnel could not reach the job: look at the session and its cluster again."""
+        self._unreachable.add(name)
         record = self.records.get(name)
         if record is not None and (backend := self.backends.get(record.cluster)):
             backend.look_soon()
