@@ -80,7 +80,9 @@ PHASES: dict[str, str] = {
     "waiting to resubmit.",
     "starting": "The job runs; Jupyter is not reachable yet.",
     "ready": "The notebook answers through the tunnel at `url`.",
-    "handover": "Ready, and a successor job is being brought up before the walltime ends.",
+    "handover": "Ready on the old job, whose walltime ends soon; a successor starts and "
+                "waits, unrouted, for the switch at that end. `message` says when the "
+                "kernel stops.",
     "stopping": "The file was deleted: cancelling the jobs and closing the port.",
     "failed": "Stopped trying; `message` says why. After a rejected submission, repeated "
     "failures or the restart policy, an edit to `cluster`, `resources`, `environment` or "

@@ -9,6 +9,12 @@ bash tests/cluster/start.sh
 if ! command -v systemd-analyze >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd
 fi
+# tests/e2e/test_handover.py drives Debian's Chromium with Playwright (whose own browser
+# download needs the internet).
+if ! command -v chromium >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium
+fi
 python3 -m pytest "$@"
 ruff check .
 mypy --strict daemon

@@ -167,7 +167,9 @@ class Restart(_Strict):
     )
     handover: Duration = Field(
         timedelta(minutes=10),
-        description="Start the successor this long before walltime ends (0s: no handover).",
+        description="Start the successor this long before walltime ends (0s: no handover). "
+        "The old job and its kernel serve until 5 s before their end; both jobs are "
+        "allocated meanwhile, so about the usual queue wait plus a minute is enough.",
     )
     max_failures: int = Field(
         3, ge=1, le=100, description="Failed starts in a row before giving up."

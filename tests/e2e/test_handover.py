@@ -6,8 +6,9 @@ import json
 import secrets
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from tests.cluster import wait_for
 from tests.e2e.harness import Daemon, Prober, free_port, session_yaml, token_of
+from tests.e2e.local_harness import LocalDaemon, local_session_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -82,16 +84,14 @@ def job_times(daemon: Daemon, job_id: str) -> dict[str, Any]:
     return wait_for(recorded, timeout=60, message=f"accounting of job {job_id}")
 
 
-def test_a_page_keeps_its_kernel_until_the_walltime_end_then_runs_on(
-    daemon: Daemon, page: Page
-) -> None:
-    """The page's kernel lives until just before the walltime end while the successor waits;
-    then the same page runs cells on the successor, a reload needs no login, and a probe
-    every 0.2 s sees no failure."""
-    port = free_port()
-    daemon.drop("relay", session_yaml(port, time=WALLTIME, handover=LEAD))
-    first = daemon.wait_phase("relay", "ready", timeout=120)
-    token, base = token_of(first), f"http://127.0.0.1:{port}"
+def across_a_handover(daemon: Daemon, page: Page, session: str,
+                      successor_log: Callable[[str], str]) -> str:
+    """Drive a notebook page across one handover of `session` (a session file's text) and
+    check what the page and a prober see; returns the first job's id."""
+    daemon.drop("relay", session)
+    first = daemon.wait_phase("relay", "ready", timeout=180)
+    token = token_of(first)
+    base = str(first["url"]).split("/lab?", 1)[0]
     notebook = f"handover-{secrets.token_hex(4)}.ipynb"
     put_notebook(base, token, notebook)
     prober = Prober(f"{base}/api/status", token)
@@ -111,13 +111,11 @@ def test_a_page_keeps_its_kernel_until_the_walltime_end_then_runs_on(
         waiting = wait_for(successor_ready, timeout=150, interval=0.5,
                            message="the successor to be ready")
         assert waiting["phase"] == "handover" and waiting["job_id"] == first["job_id"]
-        successor = next(job_id for job_id, state, _ in daemon.active_jobs()
-                         if job_id != str(first["job_id"]) and state == "RUNNING")
+        record = json.loads((daemon.state / "sessions" / "relay.json").read_text())
+        successor = str(record["successor_id"])
         run_cell(page, 'print("still", x)', "still 42")
         both_ran_until = time.monotonic()
-        successor_log = daemon.cluster.ssh(
-            f"cat ~/.nbtether/{daemon.instance}/relay/slurm-{successor}.out").stdout
-        assert "/api/" not in successor_log, "a page request reached the successor early"
+        assert "/api/" not in successor_log(successor), "a page request reached the successor"
 
         def switched() -> dict[str, Any] | None:
             row = daemon.status()["relay"]
@@ -133,9 +131,41 @@ def test_a_page_keeps_its_kernel_until_the_walltime_end_then_runs_on(
         assert page.locator("input[type=password]").count() == 0
     finally:
         prober.stop()
-        daemon.cluster.ssh(f"rm -f ~/{notebook}", check=False)
     assert prober.failures == []
     assert [url for at, url in failed if at <= both_ran_until] == []
-    old = job_times(daemon, str(first["job_id"]))
+    return str(first["job_id"])
+
+
+def test_a_page_keeps_its_slurm_kernel_until_the_walltime_end_then_runs_on(
+    daemon: Daemon, page: Page
+) -> None:
+    """On SLURM, the page's kernel lives until just before the walltime end while the
+    successor waits; then the same page runs cells on the successor, a reload needs no
+    login, and a probe every 0.2 s sees no failure."""
+    text = session_yaml(free_port(), time=WALLTIME, handover=LEAD)
+
+    def successor_log(job_id: str) -> str:
+        path = f"~/.nbtether/{daemon.instance}/relay/slurm-{job_id}.out"
+        return daemon.cluster.ssh(f"cat {path}").stdout
+
+    first = across_a_handover(daemon, page, text, successor_log)
+    old = job_times(daemon, first)
     served = (old["end"] - old["start"]).total_seconds()
     assert old["limit"] - SWITCH_MARGIN <= served <= old["limit"], old
+
+
+def test_a_page_keeps_its_local_kernel_until_the_walltime_end_then_runs_on(
+    tmp_path: Path, page: Page
+) -> None:
+    """The same on `kind: local`, where the walltime is the daemon's own."""
+    daemon = LocalDaemon(tmp_path)
+    daemon.start()
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    text = local_session_yaml(free_port(), root).replace('"00:15:00"', f'"{WALLTIME}"')
+    text += f"restart:\n  handover: {LEAD}\n"
+    try:
+        across_a_handover(daemon, page, text, lambda job_id: (
+            daemon.state / "local" / "relay" / f"job-{job_id}.out").read_text())
+    finally:
+        daemon.cleanup()
