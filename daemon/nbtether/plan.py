@@ -271,6 +271,8 @@ def _after_end(
 ) -> Plan:
     state = job.base_state if job else "GONE"
     said = job.state if job else "gone from squeue and sacct"
+    if record.successor_id and _active(seen.successor) and _successor_ready(seen):
+        return _switch(record, seen, now, out, cancel=False)  # it ended before the deadline
     if record.successor_id and _active(seen.successor):
         # The old job ended first: the successor simply becomes the job.
         record.job_id, record.successor_id = record.successor_id, None
@@ -448,10 +450,12 @@ def _successor_ready(seen: Seen) -> bool:
     return seen.successor_endpoint is not None and seen.successor_answering
 
 
-def _switch(record: Record, seen: Seen, now: datetime, out: Plan) -> Plan:
-    """Route to the successor, then end the old job; its kernel goes with it."""
+def _switch(record: Record, seen: Seen, now: datetime, out: Plan, cancel: bool = True) -> Plan:
+    """Route to the successor, then end the old job (unless it ended); its kernel goes too."""
     old = record.job_id
-    out.actions += [Route(seen.successor_endpoint), Cancel((old,) if old else ())]
+    out.actions.append(Route(seen.successor_endpoint))
+    if cancel and old:
+        out.actions.append(Cancel((old,)))
     record.job_id, record.successor_id = record.successor_id, None
     record.submitted_at, record.successor_submitted_at = record.successor_submitted_at, None
     record.endpoint, record.ends_at = seen.successor_endpoint, None

@@ -267,6 +267,15 @@ def test_handover_switches_when_the_old_server_stops_answering() -> None:
     assert outcome.actions == [Route(EP2), Cancel(("100",))]
 
 
+def test_handover_switches_at_once_when_the_old_job_is_seen_ended() -> None:
+    """An old job already ended (TIMEOUT) hands straight to a ready successor: no gap."""
+    outcome = plan(HANDOVER, in_handover(),
+                   both_running(timedelta(0), job=job("TIMEOUT"), endpoint=None), NOW)
+    assert outcome.actions == [Route(EP2)]
+    assert outcome.record is not None
+    assert (outcome.record.phase, outcome.record.job_id) == ("ready", "101")
+
+
 def test_old_job_past_its_end_stays_while_the_successor_is_not_ready() -> None:
     """Without a ready successor nothing switches at the deadline: the old job serves on."""
     outcome = plan(HANDOVER, in_handover(),
