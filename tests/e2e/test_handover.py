@@ -94,7 +94,9 @@ def across_a_handover(daemon: Daemon, page: Page, session: str,
     base = str(first["url"]).split("/lab?", 1)[0]
     notebook = f"handover-{secrets.token_hex(4)}.ipynb"
     put_notebook(base, token, notebook)
-    prober = Prober(f"{base}/api/status", token)
+    # /api/me: /api/status lists kernels, and jupyter_server answers it with 500 while a
+    # kernel is starting (its last_activity not set yet), which says nothing of the route.
+    prober = Prober(f"{base}/api/me", token)
     prober.start()
     failed: list[tuple[float, str]] = []
     page.on("requestfailed", lambda request: failed.append((time.monotonic(), request.url)))
