@@ -8,6 +8,7 @@ import os
 import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import structlog
 
@@ -15,30 +16,39 @@ from nbtether.backends import Backend
 from nbtether.backends.batch import BatchBackend
 from nbtether.backends.kinds import make_backend
 from nbtether.clock import Clock, every, system_clock
-from nbtether.config import Settings
+from nbtether.config import Settings, load_settings
 from nbtether.control import ControlServer, socket_path
 from nbtether.desktop import DesktopNotifier
 from nbtether.errors import ConfigError
 from nbtether.reconciler import Reconciler
 from nbtether.remote import Person, SshLink
 from nbtether.sdnotify import Notifier
-from nbtether.state import StateStore
+from nbtether.state import Record, StateStore
 from nbtether.tunnel import raise_descriptor_limit
-from nbtether.watcher import watch_sessions
+from nbtether.watcher import watch_config, watch_sessions
 from nbtether.workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)
 
 RESYNC_SECONDS = 60.0  # look at every session even without events, in case one was missed
 HEARTBEAT_SECONDS = 5.0
+# SIGHUP too: closing the terminal of `nbtether run &` stops the daemon cleanly, with a log line.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Daemon:
-    """`nbtether run`: reconcile until SIGTERM or SIGINT; jobs outlive the daemon."""
+    """`nbtether run`: reconcile until SIGTERM, SIGINT or SIGHUP; jobs outlive the daemon.
 
-    def __init__(self, settings: Settings, clock: Clock = system_clock) -> None:
+    `config_path` is the `--config` the daemon was started with: the config is read again
+    from the same place whenever the file changes.
+    """
+
+    def __init__(
+        self, settings: Settings, clock: Clock = system_clock, config_path: Path | None = None
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.config_path = config_path
         self.store = StateStore(settings.state_dir)
         self.stopping = asyncio.Event()
         self.notifier = Notifier()
@@ -47,6 +57,10 @@ class Daemon:
         self.backends: dict[str, Backend] = {}
         self.reconciler: Reconciler | None = None
         self._timers: list[asyncio.Task[None]] = []
+        self._polls: dict[str, asyncio.Task[None]] = {}  # cluster name → its poll timer
+        self._instance = ""
+        self.phase_listeners: list[Callable[[str, Record], None]] = []
+        self.before_stop: Callable[[], Awaitable[None]] | None = None  # after a signal
 
     def _wake_cluster(self, cluster: str, sessions: set[str] | None) -> None:
         assert self.reconciler is not None
@@ -54,16 +68,66 @@ class Daemon:
             if record.cluster == cluster and (sessions is None or name in sessions):
                 self.queue.add(name)
 
-    def _make_backends(self, instance: str) -> dict[str, Backend]:
-        backends: dict[str, Backend] = {}
-        for name, config in self.settings.clusters.items():
+    def _start_backend(self, name: str) -> None:
+        config = self.settings.clusters[name]
 
-            def wake(sessions: set[str] | None, cluster: str = name) -> None:
-                self._wake_cluster(cluster, sessions)
+        def wake(sessions: set[str] | None) -> None:
+            self._wake_cluster(name, sessions)
 
-            backends[name] = make_backend(name, config, instance, self.store.root, wake,
-                                          self.clock)
-        return backends
+        backend = make_backend(name, config, self._instance, self.store.root, wake, self.clock)
+        self.backends[name] = backend
+        backend.start()
+        if isinstance(backend, BatchBackend):
+            self._polls[name] = asyncio.create_task(every(config.poll_interval, backend.poll))
+
+    async def _stop_backend(self, name: str) -> None:
+        if (poll := self._polls.pop(name, None)) is not None:
+            poll.cancel()
+            await asyncio.gather(poll, return_exceptions=True)
+        if (backend := self.backends.pop(name, None)) is not None:
+            await backend.stop()
+
+    async def _reload_config(self) -> None:
+        """Apply a changed config file: clusters that changed get a new backend (their
+        sessions reconnect), the others are left alone; a bad config changes nothing."""
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("config error; the last good config stays in force", error=str(exc))
+            return
+        old = self.settings
+        fixed = {"sessions_dir": old.sessions_dir, "state_dir": old.state_dir}
+        if any(getattr(new, key) != value for key, value in fixed.items()):
+            log.warning("sessions_dir and state_dir change at the next start of the daemon")
+        self.settings = new.model_copy(update=fixed)
+        assert self.reconciler is not None
+        self.reconciler.settings = self.settings
+        if self.settings.notifications != old.notifications:
+            if self.desktop is not None:
+                self.desktop.close()
+            self.desktop = DesktopNotifier() if self.settings.notifications else None
+        changed = sorted(name for name in old.clusters.keys() | new.clusters.keys()
+                         if old.clusters.get(name) != new.clusters.get(name))
+        for name in changed:
+            await self._stop_backend(name)
+            if name in new.clusters:
+                self._start_backend(name)
+        log.info("config reloaded", file=str(new.file), changed_clusters=changed)
+        self._resync()
+
+    def _phase_changed(self, before: str, record: Record) -> None:
+        if record.phase == "ready" and before != "handover":
+            log.info("notebook ready", session=record.name,
+                     at=f"http://127.0.0.1:{record.local_port}/",
+                     open=f"nbtether open {record.name}")
+        if self.desktop is not None:
+            self.desktop.phase_changed(before, record)
+        for listener in self.phase_listeners:
+            listener(before, record)
+
+    def _signalled(self, signum: signal.Signals) -> None:
+        log.info("signal received", signal=signum.name)
+        self.stopping.set()
 
     async def _login(self, cluster: str, person: Person) -> str:
         """`nbtether login CLUSTER`: connect with a person answering the login node."""
@@ -97,19 +161,17 @@ class Daemon:
     def _make_reconciler(self) -> Reconciler:
         return Reconciler(
             self.settings, self.store, self.backends, self.queue.add, self.clock,
-            on_phase=self.desktop.phase_changed if self.desktop else None,
+            on_phase=self._phase_changed,
         )
 
     def start(self) -> None:
         """Connect the backends, start the timers and the workers, and look at every session."""
-        instance = self.store.instance_id()
-        self.backends = self._make_backends(instance)
+        self._instance = self.store.instance_id()
         self.reconciler = self._make_reconciler()
-        log.info("nbtether starting", instance=instance, sessions=str(self.settings.sessions_dir))
-        for backend in self.backends.values():
-            backend.start()
-            if isinstance(backend, BatchBackend):
-                self._every(backend.config.poll_interval, backend.poll)
+        log.info("nbtether starting", instance=self._instance,
+                 sessions=str(self.settings.sessions_dir), config=str(self.settings.file))
+        for name in self.settings.clusters:
+            self._start_backend(name)
         self._every(RESYNC_SECONDS, self._resync)
         self.queue.start()
         self._resync()
@@ -119,9 +181,10 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop the timers, the workers, the ports and the backends; jobs keep running."""
-        for timer in self._timers:
+        timers = [*self._timers, *self._polls.values()]
+        for timer in timers:
             timer.cancel()
-        await asyncio.gather(*self._timers, return_exceptions=True)
+        await asyncio.gather(*timers, return_exceptions=True)
         await self.queue.stop()
         if self.reconciler is not None:
             await self.reconciler.close()
@@ -132,8 +195,8 @@ class Daemon:
         """Run until asked to stop."""
         self.store.lock()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stopping.set)
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, self._signalled, signum)
         log.info("open file limit", soft=raise_descriptor_limit())
         self.start()
         control = ControlServer(socket_path(self.store.root), self._login)
@@ -141,20 +204,28 @@ class Daemon:
         self._every(HEARTBEAT_SECONDS, self._heartbeat)
         if interval := self.notifier.watchdog_interval:
             self._every(interval, lambda: self.notifier.send("WATCHDOG=1"))
-        watcher = asyncio.create_task(
-            watch_sessions(self.settings.sessions_dir, self.queue.add, self.stopping)
-        )
+        watchers = [
+            asyncio.create_task(
+                watch_sessions(self.settings.sessions_dir, self.queue.add, self.stopping)),
+            asyncio.create_task(
+                watch_config(self.settings.file, self._reload_config, self.stopping)),
+        ]
         await self.queue.wait_idle()
         self._heartbeat()
         self.notifier.send("READY=1")
-        log.info("nbtether ready")
+        assert self.reconciler is not None
+        log.info("nbtether ready", sessions=len(self.reconciler.records),
+                 see="nbtether status")
         await self.stopping.wait()
 
+        if self.before_stop is not None:
+            await self.before_stop()
         self.notifier.send("STOPPING=1")
         log.info("nbtether stopping; jobs keep running")
         await control.close()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for watcher in watchers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await self.stop()
         if self.desktop is not None:
             self.desktop.close()

@@ -5,20 +5,27 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from nbtether.errors import ConfigError
+from nbtether.yamltext import line_of, yaml_problem
 
 ExpandedPath = Annotated[Path, AfterValidator(lambda p: Path(os.path.expandvars(p)).expanduser())]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+BUILTIN_CLUSTER = "local"  # the cluster there is when no config file exists
 # A scheduler's name for a site setting (a parallel environment, a resource): it ends up in
 # directives, so nothing that a shell or the scheduler would read as more than a word.
 SiteWord = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")]
@@ -85,7 +92,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="NBTETHER_", env_nested_delimiter="__", extra="forbid"
     )
-    config_file: ClassVar[Path | None] = None
+    file_data: ClassVar[dict[str, Any]] = {}
+    _file: Path = PrivateAttr(default_factory=lambda: default_config_file())
+    _file_exists: bool = PrivateAttr(default=False)
 
     sessions_dir: ExpandedPath = Field(
         default_factory=lambda: _xdg("XDG_CONFIG_HOME", ".config") / "nbtether" / "sessions.d",
@@ -109,28 +118,96 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls.config_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.config_file))
-        return tuple(sources)
+        return init_settings, env_settings, _FileSource(settings_cls, dict(cls.file_data))
+
+    @property
+    def file(self) -> Path:
+        """The config file these settings were read from (or would be: see `file_exists`)."""
+        return self._file
+
+    @property
+    def file_exists(self) -> bool:
+        """Whether the config file existed; without one, the built-in `local` cluster is there."""
+        return self._file_exists
+
+    def describe_clusters(self) -> str:
+        """Which clusters there are and where they come from, for messages."""
+        names = ", ".join(sorted(self.clusters)) or "none"
+        if self.file_exists:
+            return f"{self.file} defines: {names}"
+        return f"no config file at {self.file}; built in: {names}"
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The config file's values, parsed beforehand so that a YAML error names its line."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+def config_file(path: Path | None = None) -> tuple[Path, bool]:
+    """The config file to read (explicit, `NBTETHER_CONFIG`, or the default) and whether it
+    was named explicitly."""
+    explicit = path or (Path(p) if (p := os.environ.get("NBTETHER_CONFIG")) else None)
+    return (explicit or default_config_file()).expanduser(), explicit is not None
 
 
 def load_settings(path: Path | None = None) -> Settings:
-    """Read the config file (explicit, `NBTETHER_CONFIG`, or the default) and the environment.
+    """Read the config file and the environment.
 
-    A missing default file is fine (all defaults); a missing explicit file is an error.
+    A missing default file means the defaults and the built-in `local` cluster; a missing
+    explicit file is an error. Every error names the file and, where it can, the line.
     """
-    explicit = path or (Path(p) if (p := os.environ.get("NBTETHER_CONFIG")) else None)
-    file = (explicit or default_config_file()).expanduser()
-    if explicit is not None and not file.is_file():
-        raise ConfigError(f"config file {file} does not exist")
-    Settings.config_file = file if file.is_file() else None
+    file, explicit = config_file(path)
     try:
-        return Settings()
+        text = file.read_text(encoding="utf-8") if file.is_file() or explicit else None
+    except (OSError, UnicodeDecodeError) as exc:
+        missing = isinstance(exc, FileNotFoundError)
+        reason = "does not exist" if missing else f"cannot be read: {exc}"
+        raise ConfigError(f"{file}: the config file {reason}") from None
+    data = _parse(file, text)
+    try:
+        Settings.file_data = data
+        settings = Settings()
     except ValidationError as exc:
-        raise ConfigError(f"{file}: {describe_validation_error(exc)}") from exc
+        problems = [f"{file}:{_line(text, error['loc'])}: {_where(error['loc'])}: {error['msg']}"
+                    for error in exc.errors()]
+        raise ConfigError("\n".join(problems)) from None
     finally:
-        Settings.config_file = None
+        Settings.file_data = {}
+    settings._file, settings._file_exists = file, text is not None
+    return settings
+
+
+def _parse(file: Path, text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {"clusters": {BUILTIN_CLUSTER: {"kind": "local"}}}
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        summary, detail = yaml_problem(exc, str(file))
+        raise ConfigError(summary, detail) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}:1: the config must be a mapping of keys to values")
+    return data
+
+
+def _line(text: str | None, location: tuple[str | int, ...]) -> str:
+    line = line_of(text, location) if text is not None else None
+    return str(line) if line is not None else "(environment)"
+
+
+def _where(location: tuple[str | int, ...]) -> str:
+    return ".".join(str(part) for part in location) or "(file)"
 
 
 def describe_validation_error(

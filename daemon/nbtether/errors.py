@@ -8,6 +8,7 @@
         │                       session file changes, never in a loop
         ├── ConfigError         the daemon config is unusable
         ├── AlreadyRunning      another daemon uses the same state directory
+        ├── DemoUnavailable     `nbtether demo` lacks a local cluster or Jupyter here
         ├── HostKeyError        a host key (login node or jump host) is unknown or changed
         ├── AuthError           the cluster refused our credentials
         ├── LoginRequired       the login needs a person (code, password): `nbtether login`
@@ -46,11 +47,23 @@ class PermanentError(NbtetherError):
 
 
 class ConfigError(PermanentError):
-    """The daemon config file or environment is invalid."""
+    """The daemon config file or environment is invalid.
+
+    `str()` is one line per problem, each `FILE:LINE: …`; `detail` may add lines (a YAML
+    error's offending line and pointer) for commands that show the whole report.
+    """
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 class AlreadyRunning(PermanentError):
     """Another `nbtether run` holds the state directory."""
+
+
+class DemoUnavailable(PermanentError):
+    """`nbtether demo` cannot run here: no `kind: local` cluster, or no Jupyter to run."""
 
 
 class HostKeyError(PermanentError):

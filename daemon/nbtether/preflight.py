@@ -15,7 +15,7 @@ import contextlib
 import re
 import shlex
 import sys
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from nbtether.errors import (
     HostKeyError,
     NbtetherError,
 )
+from nbtether.install import jupyter_hint
 from nbtether.remote import CONNECT_TIMEOUT, SshLink
 from nbtether.spec import SessionSpec, format_walltime
 
@@ -71,9 +72,13 @@ class Report:
 
 
 async def check_sessions(
-    config: Settings, specs: Mapping[str, SessionSpec], *, install: bool = False
+    config: Settings, specs: Mapping[str, SessionSpec], *, install: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> list[Report]:
-    """Preflight each session, one connection per cluster; reports in the order of `specs`."""
+    """Preflight each session, one connection per cluster; reports in the order of `specs`.
+
+    `progress` gets each line of a cluster-side install as it is printed.
+    """
     by_cluster: dict[str, list[str]] = {}
     for name, spec in specs.items():
         by_cluster.setdefault(spec.cluster, []).append(name)
@@ -91,7 +96,7 @@ async def check_sessions(
                 checks = [login]
                 if login.status == "ok":
                     checks += await _remote_checks(link, name, specs[name], instance, install,
-                                                   settings)
+                                                   settings, progress)
                 else:
                     checks += [Check(n, "skip", "not checked: no login")
                                for n in (*_SCHEDULER_CHECKS[settings.kind], "environment")]
@@ -173,6 +178,7 @@ _SCHEDULER_CHECKS = {"slurm": ("partition", "sbatch --test-only"),
 async def _remote_checks(
     link: SshLink, name: str, spec: SessionSpec, instance: str, install: bool,
     cluster: ClusterConfig,
+    progress: Callable[[str], None],
 ) -> list[Check]:
     if cluster.kind == "sge":
         checks = [
@@ -188,7 +194,7 @@ async def _remote_checks(
     if install and environment.status == "ok":
         checks.append(Check("install", "ok", "nothing to do: Jupyter is already there"))
     elif install and environment.status == "fail":
-        installed = await _guarded("install", _install(link, spec, environment))
+        installed = await _guarded("install", _install(link, spec, environment, progress))
         checks.append(installed)
         if installed.status == "ok":
             environment = await _guarded("environment", _environment(link, name, spec))
@@ -381,8 +387,11 @@ def _venv_commands(spec: SessionSpec) -> str:
     return f"{modules}python3 -m venv {env.venv} && {env.venv}/bin/pip install jupyterlab"
 
 
-async def _install(link: SshLink, spec: SessionSpec, failed: Check) -> Check:
-    """Create the declared venv (with the declared modules loaded) and install jupyterlab."""
+async def _install(
+    link: SshLink, spec: SessionSpec, failed: Check, progress: Callable[[str], None]
+) -> Check:
+    """Create the declared venv (with the declared modules loaded) and install jupyterlab,
+    showing pip's progress as it goes."""
     env = spec.environment
     if not env.venv:
         flag = "-p" if "/" in (env.conda or "") else "-n"
@@ -395,12 +404,21 @@ async def _install(link: SshLink, spec: SessionSpec, failed: Check) -> Check:
     venv = rendezvous.shell_path(env.venv)
     steps = _activation(spec, venv=False)
     steps += [f"python3 -m venv {venv}",
-              f"{venv}/bin/python -m pip install --quiet --disable-pip-version-check jupyterlab"]
+              f"{venv}/bin/python -m pip install --progress-bar off "
+              "--disable-pip-version-check jupyterlab"]
     script = " && ".join(f"{{ {step}; }}" for step in steps)
-    code, _, err = await _run(link, f"bash -lc {shlex.quote(script)}", timeout=INSTALL_TIMEOUT)
+    said: list[str] = []
+
+    def show(line: str) -> None:
+        said.append(line)
+        progress(line)
+
+    code = await link.run_lines(f"bash -lc {shlex.quote(script)}", show, INSTALL_TIMEOUT)
     if code != 0:
+        output = "\n".join(said)
         return Check("install", "fail", f"installing jupyterlab into {env.venv} failed: "
-                     f"{_words(err, lines=-6)}", "read the error; the venv may need removing")
+                     f"{_words(output, lines=-6)}",
+                     "read the error; the venv may need removing")
     return Check("install", "ok", f"created {env.venv} and installed jupyterlab")
 
 
@@ -421,7 +439,7 @@ async def _local_checks(spec: SessionSpec, install: bool) -> list[Check]:
         code, version, said = -1, "", str(exc)
     else:
         code, version, said = process.returncode or 0, out.decode().strip(), err.decode()
-    hint = f"pip install 'nbtether[local]' (into {sys.executable})"
+    hint = jupyter_hint()
     if code == 0 and re.match(r"\d+\.\d+", version):
         return [Check("jupyter", "ok", f"jupyter {app} {version} ({sys.executable})")]
     checks = [Check("jupyter", "fail", f"`python -m jupyter {app} --version` failed: "

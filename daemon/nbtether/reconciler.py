@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
@@ -96,9 +97,9 @@ class Reconciler:
         }
         holders.update({tunnel.port: name for name, tunnel in self.tunnels.items()})
         return await asyncio.to_thread(
-            load_sessions, self.settings.sessions_dir, self.settings.clusters, holders,
-            refusal(self.settings.clusters),
-        )
+            functools.partial(load_sessions, self.settings.sessions_dir, self.settings.clusters,
+                              holders, refusal(self.settings.clusters),
+                              clusters_from=self.settings.describe_clusters()))
 
     async def reconcile(self, name: str) -> float | None:
         """One pass over one session; returns when to look again (None: on events only)."""
@@ -282,6 +283,8 @@ class Reconciler:
             self.records[record.name] = record.model_copy()
 
     def _remember(self, before: Record, after: Record) -> None:
+        if before.job_id is not None and after.job_id != before.job_id:
+            after.previous_job_id = before.job_id
         if before.phase != after.phase or (
             after.phase != "ready" and before.message != after.message
         ):

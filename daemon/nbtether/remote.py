@@ -404,6 +404,22 @@ class SshLink:
             raise ClusterUnreachable(f"cannot reach {host}:{port}: {exc}") from exc
         return reader, writer  # type: ignore[return-value]
 
+    async def run_lines(
+        self, command: str, on_line: Callable[[str], None], timeout: float
+    ) -> int:
+        """Run a command, handing each line of its output (stderr merged into stdout) to
+        `on_line` as it comes; returns the exit status."""
+        conn = self._require()
+        try:
+            async with asyncio.timeout(timeout):
+                async with conn.create_process(command, stderr=asyncssh.STDOUT) as process:
+                    async for line in process.stdout:
+                        on_line(line.rstrip("\n"))
+                    completed = await process.wait()
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            raise ClusterUnreachable(f"{self.config.host}: {exc or 'timed out'}") from exc
+        return completed.exit_status if completed.exit_status is not None else -1
+
     async def stream_lines(self, command: str, on_line: Callable[[str], None]) -> None:
         """Run a long-lived command, handing each line of its output to `on_line`."""
         conn = self._require()

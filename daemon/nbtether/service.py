@@ -69,6 +69,7 @@ class Outcome:
     path: Path
     done: list[str]
     todo: list[str]
+    why: str = ""  # why the first of `todo` could not be run here
 
 
 def executable() -> str:
@@ -92,17 +93,19 @@ def plist_path() -> Path:
     return _home() / "Library" / "LaunchAgents" / f"{AGENT_LABEL}.plist"
 
 
-def _try(commands: list[list[str]]) -> tuple[list[str], list[str]]:
-    """Run commands until one fails; returns (done, still to do) as shell lines."""
+def _try(commands: list[list[str]]) -> tuple[list[str], list[str], str]:
+    """Run commands until one fails; returns (done, still to do) as shell lines, and why."""
     done: list[str] = []
     for index, command in enumerate(commands):
+        todo = [" ".join(c) for c in commands[index:]]
         if shutil.which(command[0]) is None:
-            return done, [" ".join(c) for c in commands[index:]]
+            return done, todo, f"{command[0]} is not installed here"
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            return done, [" ".join(c) for c in commands[index:]]
+            said = (result.stderr or result.stdout).strip().splitlines()
+            return done, todo, f"{' '.join(command)} failed: {said[0] if said else 'no output'}"
         done.append(" ".join(command))
-    return done, []
+    return done, [], ""
 
 
 def install(platform: str = sys.platform) -> Outcome:
@@ -113,26 +116,24 @@ def install(platform: str = sys.platform) -> Outcome:
         path.parent.mkdir(parents=True, exist_ok=True)
         log_file = _home() / "Library" / "Logs" / "nbtether.log"
         path.write_bytes(render_plist(exe, str(log_file)))
-        done, todo = _try([["launchctl", "bootstrap", f"gui/{os.getuid()}", str(path)]])
-        return Outcome(path, done, todo)
+        return Outcome(path, *_try([["launchctl", "bootstrap", f"gui/{os.getuid()}", str(path)]]))
     path = unit_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_unit(exe))
-    done, todo = _try([["systemctl", "--user", "daemon-reload"],
-                       ["systemctl", "--user", "enable", "--now", UNIT_NAME]])
-    return Outcome(path, done, todo)
+    return Outcome(path, *_try([["systemctl", "--user", "daemon-reload"],
+                                ["systemctl", "--user", "enable", "--now", UNIT_NAME]]))
 
 
 def uninstall(platform: str = sys.platform) -> Outcome:
     """Stop and remove the unit (or plist); jobs keep running."""
     if platform == "darwin":
         path = plist_path()
-        done, todo = _try([["launchctl", "bootout", f"gui/{os.getuid()}", str(path)]])
+        done, todo, why = _try([["launchctl", "bootout", f"gui/{os.getuid()}", str(path)]])
     else:
         path = unit_path()
-        done, todo = _try([["systemctl", "--user", "disable", "--now", UNIT_NAME]])
+        done, todo, why = _try([["systemctl", "--user", "disable", "--now", UNIT_NAME]])
         path.unlink(missing_ok=True)
-        more_done, more_todo = _try([["systemctl", "--user", "daemon-reload"]])
-        done, todo = done + more_done, todo + more_todo
+        more_done, more_todo, more_why = _try([["systemctl", "--user", "daemon-reload"]])
+        done, todo, why = done + more_done, todo + more_todo, why or more_why
     path.unlink(missing_ok=True)
-    return Outcome(path, done, todo)
+    return Outcome(path, done, todo, why)

@@ -24,6 +24,7 @@ from pydantic import (
 
 from nbtether.config import NAME_PATTERN, describe_validation_error
 from nbtether.trust import Untrusted, check_directory, read_own_file
+from nbtether.yamltext import yaml_problem
 
 SUFFIXES = (".yaml", ".yml")
 # Limits on what one session file may make the daemon do: a real one is about 1 KiB and
@@ -218,19 +219,37 @@ def _names_a_field(key: str) -> bool:
 
 @dataclass(frozen=True)
 class InvalidSpec:
-    """A session file that does not validate; `reason` names the field."""
+    """A session file that does not validate; `reason` names the field, on one line.
+
+    `detail` is the whole report where it needs lines of its own (a YAML error's pointer).
+    """
 
     reason: str
+    detail: str = ""
 
 
 Spec = SessionSpec | InvalidSpec
 
 
 def session_name(path: Path) -> str | None:
-    """The session name of a file in the sessions directory, or None if it is not one."""
+    """The session name of a file in the sessions directory, or None if it is not one.
+
+    This is the one rule of which files are sessions; the daemon, `validate` and `status`
+    all ask it.
+    """
     if path.suffix not in SUFFIXES or path.name.startswith("."):
         return None
     return path.stem
+
+
+def not_a_session(path: Path) -> str | None:
+    """Why the daemon passes over this file, or None when it is a session file or one that
+    is expected to lie around unread (hidden files, editor backups)."""
+    if session_name(path) is not None or path.name.startswith(".") or path.name.endswith("~"):
+        return None
+    if path.suffix.lower() in SUFFIXES:
+        return f"not a session file: the name must end in {' or '.join(SUFFIXES)} (lower case)"
+    return f"not a session file: only NAME{' and NAME'.join(SUFFIXES)} files are sessions"
 
 
 class _Loader(yaml.SafeLoader):
@@ -315,7 +334,9 @@ def parse_session(name: str, text: str) -> Spec:
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        return InvalidSpec(_describe_yaml_error(exc))
+        # The one line (status, logs, notifications) quotes nothing of the file; only
+        # `validate`, run by the user on a terminal, shows the line and its pointer.
+        return InvalidSpec(_describe_yaml_error(exc), yaml_problem(exc)[1])
     if data is None:
         return InvalidSpec("the file is empty")
     if not isinstance(data, dict):
@@ -356,17 +377,36 @@ def read_session_file(path: Path) -> str | InvalidSpec:
         return InvalidSpec(f"not UTF-8 text (byte {exc.start + 1} of the file)")
 
 
+def ignored_files(directory: Path) -> dict[Path, str]:
+    """The files in a directory that the daemon passes over, with the reason for each."""
+    ignored: dict[Path, str] = {}
+    if not directory.is_dir():
+        return ignored
+    taken = {path.stem: path for path in session_files(directory)}
+    for path in sorted(directory.iterdir()):
+        name = session_name(path)
+        if name is None and path.is_file() and (reason := not_a_session(path)):
+            ignored[path] = reason
+        elif name is not None and name in taken and taken[name] != path:
+            ignored[path] = f"not read: {taken[name].name} already defines session {name!r}"
+    return ignored
+
+
 def check_files(
     paths: Iterable[Path],
     clusters: Iterable[str],
     port_holders: Mapping[int, str] | None = None,
     refuse: Refusal | None = None,
+    *,
+    clusters_from: str | None = None,
 ) -> dict[Path, Spec]:
     """Validate session files, including what one file cannot check alone.
 
     `port_holders` maps ports to the sessions that already serve them, so that a new file
     on a taken port is the one marked invalid, never the running session. `refuse` says
     why a valid file asks its cluster for something it cannot give (`kinds.refusal`).
+    `clusters_from` says where the clusters come from (`Settings.describe_clusters`), for
+    the message about an unknown cluster.
     """
     known = set(clusters)
     specs: dict[Path, Spec] = {}
@@ -377,8 +417,9 @@ def check_files(
             continue
         spec = parse_session(session_name(path) or path.stem, text)
         if isinstance(spec, SessionSpec) and spec.cluster not in known:
-            names = ", ".join(sorted(known)) or "none configured"
-            spec = InvalidSpec(f"cluster: unknown cluster {spec.cluster!r} ({names})")
+            where = clusters_from or f"known: {', '.join(sorted(known)) or 'none'}"
+            spec = InvalidSpec(f"cluster: unknown cluster {spec.cluster!r} ({where}); "
+                               "add it under `clusters:` in the config")
         elif isinstance(spec, SessionSpec) and refuse and (why := refuse(spec)):
             spec = InvalidSpec(why)
         specs[path] = spec
@@ -390,6 +431,8 @@ def load_sessions(
     clusters: Iterable[str],
     port_holders: Mapping[int, str] | None = None,
     refuse: Refusal | None = None,
+    *,
+    clusters_from: str | None = None,
 ) -> dict[str, Spec]:
     """Every session in `directory` by name, validated together.
 
@@ -401,7 +444,7 @@ def load_sessions(
         check_directory(directory)
     except Untrusted as exc:
         return {path.stem: InvalidSpec(f"sessions_dir: {exc}") for path in files}
-    checked = check_files(files, clusters, port_holders, refuse)
+    checked = check_files(files, clusters, port_holders, refuse, clusters_from=clusters_from)
     return {path.stem: spec for path, spec in checked.items()}
 
 

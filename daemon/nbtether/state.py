@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,7 @@ Phase = Literal[
     "pending", "starting", "ready", "handover", "stopping", "failed", "invalid", "login"
 ]
 APP_PATHS = {"lab": "lab", "notebook": "tree", "server": ""}
+LOCK_PATIENCE = 2.0  # seconds a starting daemon waits out a `status` probing the lock
 
 
 class Record(BaseModel):
@@ -37,6 +39,7 @@ class Record(BaseModel):
     phase: Phase = "pending"
     message: str = ""
     job_id: str | None = None
+    previous_job_id: str | None = None  # the job before `job_id`: `logs` shows how it ended
     fingerprint: str | None = None  # of the spec that made `job_id`
     endpoint: Endpoint | None = None
     successor_id: str | None = None  # a job started to take over from `job_id`
@@ -111,15 +114,39 @@ class StateStore:
                               f"{exc.strerror}") from exc
 
     def lock(self) -> int:
-        """Hold the state directory for this process (released when it exits)."""
+        """Hold the state directory for this process (released when it exits).
+
+        A `status` that probes the lock holds it shared for an instant: that is waited out,
+        a daemon holding it is not.
+        """
         self.prepare()
         fd = os.open(self.root / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + LOCK_PATIENCE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise AlreadyRunning(
+                        f"another nbtether daemon is using {self.root}") from None
+                time.sleep(0.05)
+
+    def daemon_running(self) -> bool:
+        """Whether a live daemon holds the state directory right now (its lock says so: a
+        stopped or killed daemon released it with its last breath)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.root / "daemon.lock", os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(f"another nbtether daemon is using {self.root}") from None
-        return fd
+            return True
+        finally:
+            os.close(fd)  # closing releases the probe's shared lock
+        return False
 
     def instance_id(self) -> str:
         """This daemon installation's id: part of every job name, so others' jobs are left alone."""
@@ -128,7 +155,7 @@ class StateStore:
             return path.read_text().strip()
         self.prepare()
         value = secrets.token_hex(4)
-        _write_private(path, value)
+        write_private(path, value)
         return value
 
     def load_all(self) -> dict[str, Record]:
@@ -142,9 +169,15 @@ class StateStore:
                 records[record.name] = record
         return records
 
+    def load(self, name: str) -> Record | None:
+        """One session's record, or None when there is none (or it cannot be read)."""
+        with contextlib.suppress(OSError, ValidationError):
+            return Record.model_validate_json((self.sessions / f"{name}.json").read_bytes())
+        return None
+
     def save(self, record: Record) -> None:
         """Write a record atomically with mode 0600."""
-        _write_private(self.sessions / f"{record.name}.json", record.model_dump_json(indent=2))
+        write_private(self.sessions / f"{record.name}.json", record.model_dump_json(indent=2))
 
     def delete(self, name: str) -> None:
         """Forget a session."""
@@ -152,7 +185,7 @@ class StateStore:
 
     def write_status(self, payload: dict[str, Any]) -> None:
         """Daemon-wide facts for `status` (pid, heartbeat)."""
-        _write_private(self.root / "daemon.json", json.dumps(payload))
+        write_private(self.root / "daemon.json", json.dumps(payload))
 
     def read_status(self) -> dict[str, Any]:
         """The daemon-wide facts, or {} when the daemon never ran."""
@@ -163,7 +196,8 @@ class StateStore:
         return data if isinstance(data, dict) else {}
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically; the file is 0600 from its first byte."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

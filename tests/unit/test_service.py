@@ -89,8 +89,9 @@ def test_plist_loads_and_runs_the_daemon_at_login() -> None:
 
 
 def test_service_install_and_uninstall_without_a_user_manager(tmp_path: Path) -> None:
-    """install writes ~/.config/systemd/user/nbtether.service for this nbtether and prints
-    the systemctl commands to run when `systemctl --user` fails; uninstall removes it."""
+    """install writes ~/.config/systemd/user/nbtether.service for this nbtether, prints why
+    `systemctl --user` failed and the commands to run, and exits 1 (nothing is enabled);
+    uninstall removes it."""
     home, fake_bin, calls = tmp_path / "home", tmp_path / "bin", tmp_path / "systemctl.log"
     home.mkdir()
     fake_bin.mkdir()
@@ -103,11 +104,14 @@ def test_service_install_and_uninstall_without_a_user_manager(tmp_path: Path) ->
     unit = home / ".config" / "systemd" / "user" / "nbtether.service"
 
     installed = subprocess.run([str(nbtether), "service", "install"], capture_output=True,
-                               text=True, env=env, check=True, timeout=60)
+                               text=True, env=env, check=False, timeout=60)
+    assert installed.returncode == 1
+    assert "the service is not enabled: run the commands above" in installed.stderr
     assert unit.read_text() == service.render_unit(str(nbtether.resolve()))
     assert f"ExecStart={nbtether.resolve()} run" in unit.read_text().splitlines()
     assert f"wrote {unit}" in installed.stdout
-    assert "run yourself:\n  systemctl --user daemon-reload\n" \
+    assert "systemctl --user daemon-reload failed: Failed to connect to bus: No medium found; " \
+           "run yourself:\n  systemctl --user daemon-reload\n" \
            "  systemctl --user enable --now nbtether.service\n" in installed.stdout
     assert calls.read_text().splitlines() == ["--user daemon-reload"]
 
