@@ -1,7 +1,8 @@
-"""Write docs/reference.md and docs/session.schema.json from the code, so they cannot drift.
+"""Write docs/reference.md and docs/session.schema.json from the code, and the example output
+in docs/getting-started.md, so they cannot drift.
 
-    python docs/generate.py           rewrite both files
-    python docs/generate.py --check   exit 1 if either file differs from what the code says
+    python docs/generate.py           rewrite the files
+    python docs/generate.py --check   exit 1 if a file differs from what the code says
 
 The tables come from the pydantic models (`nbtether.config`, `nbtether.spec`), the status
 record (`nbtether.state`) and the typer app (`nbtether.cli`). The few texts kept here (what a
@@ -14,13 +15,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import io
 import json
 import os
 import re
 import sys
 import types
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -31,12 +33,14 @@ import annotated_types  # noqa: E402
 import typer  # noqa: E402
 from pydantic import AfterValidator, BaseModel, BeforeValidator  # noqa: E402
 from pydantic.fields import FieldInfo  # noqa: E402
+from rich.console import Console  # noqa: E402
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption  # noqa: E402
 
-from nbtether import cli, config, spec, state  # noqa: E402
+from nbtether import cli, config, jobs, spec, state  # noqa: E402
 
 REFERENCE = DOCS / "reference.md"
 SCHEMA = DOCS / "session.schema.json"
+GETTING_STARTED = DOCS / "getting-started.md"
 
 # Named value formats of the models: a label for the type column and a short note.
 FORMATS: dict[str, tuple[str, str]] = {
@@ -69,8 +73,9 @@ STATUS_KEYS: dict[str, str] = {
 }
 
 DAEMON_KEYS: dict[str, str] = {
-    "running": "True when the daemon wrote its heartbeat in the last "
-    f"{cli.HEARTBEAT_STALE:g} seconds.",
+    "running": "True while a daemon holds the state directory (its lock on `daemon.lock`); "
+    "a stopped or killed daemon reads as false at once. While false, no session has a `url`, "
+    "and `status` exits 4.",
     "pid": "Process id of the daemon that last wrote the heartbeat, or null.",
     "heartbeat": "Time of that heartbeat (ISO 8601, UTC), or null.",
 }
@@ -395,8 +400,9 @@ def commands_section() -> list[str]:
     """Every command with its synopsis, help and options, from the typer app."""
     root = typer.main.get_command(cli.app)
     assert isinstance(root, TyperGroup)
-    lines = [_first_line(root.help), "", "Options for every command (before the command "
-             "name, e.g. `nbtether --config FILE status`):", ""]
+    lines = [_first_line(root.help), "", "Options for every command (`--config` also after "
+             "the command name: `nbtether --config FILE status` or `nbtether status --config "
+             "FILE`):", ""]
     lines += table(("option", "description", "default"), _param_rows(root))
     lines += ["", "`--install-completion` and `--show-completion` set up shell completion."]
     for path, command in _commands("nbtether", root):
@@ -427,7 +433,7 @@ def status_section() -> list[str]:
     example = state.Record.new("example", "cluster", 8888)
     keys = list(example.status())
     _check_texts("status keys", STATUS_KEYS, keys)
-    daemon_keys = list(cli._daemon_state(state.StateStore(Path("/nonexistent"))))
+    daemon_keys = ["running", *cli._daemon_facts(state.StateStore(Path("/nonexistent")))]
     _check_texts("daemon keys", DAEMON_KEYS, daemon_keys)
     phases = list(get_args(state.Phase))
     _check_texts("phases", PHASES, phases)
@@ -477,7 +483,9 @@ def reference() -> str:
         "## Daemon config",
         "",
         f"`{default_file}` unless `--config FILE` or `NBTETHER_CONFIG` names another file "
-        "(which must then exist). A missing default file means all defaults and no clusters. "
+        "(which must then exist). A missing default file means all defaults and one built-in "
+        f"cluster, `{config.BUILTIN_CLUSTER}` (`kind: local`), which is what `nbtether demo` "
+        "uses. "
         "`~/.config` and `~/.local/state` stand for `$XDG_CONFIG_HOME` and "
         "`$XDG_STATE_HOME` when those are set.",
         "",
@@ -487,14 +495,26 @@ def reference() -> str:
         f"`{prefix}STATE_DIR=/tmp/nbt`, `{prefix}CLUSTERS{nested}CREATE{nested}HOST=hpc."
         "example.org` (cluster `create`).",
         "",
-        "Unknown keys are errors. The daemon reads the config once, at start.",
+        "Unknown keys are errors, and every error names the file and line: "
+        "`config error: FILE:LINE: key: reason` (exit 3; a YAML syntax error also shows the "
+        "line with a `^` under the column in `validate` and `run`).",
+        "",
+        "The daemon reads the config at start and again whenever the file changes, without a "
+        "restart: a cluster whose settings changed gets a new connection (its sessions "
+        "reconnect; their jobs are kept), other clusters are left alone, and `notifications` "
+        "applies at once. `sessions_dir` and `state_dir` change only at the next start. An "
+        "invalid config is logged (`config error; the last good config stays in force`) and "
+        "changes nothing.",
         "",
         *model_section(config.Settings, "", 3),
         "",
         "## Session files",
         "",
         "`<sessions_dir>/<name>.yaml` (or `.yml`); the file name without the suffix is the "
-        "session name, a [name](#value-formats). Files starting with `.` are ignored. "
+        "session name, a [name](#value-formats). Files starting with `.` or ending in `~` "
+        "are passed over quietly. Any other file is not a session either (another suffix, "
+        "`.YAML` in upper case, a `.yml` next to the `.yaml` of the same name): "
+        "`nbtether validate` lists each one, and the daemon logs each once. "
         + ("Unknown keys are errors. " if forbid else "")
         + "A change to `cluster`, `resources`, `environment` or `jupyter` replaces the job; "
         "`local_port` and `restart` apply to the running job.",
@@ -567,9 +587,38 @@ def schema() -> str:
     return json.dumps(spec.SessionSpec.model_json_schema(), indent=2) + "\n"
 
 
+# ---------------------------------------------------------------- real output in the guides
+
+EXAMPLE_TOKEN = "3f9c0a7d" * 6
+STATUS_BLOCK = re.compile(r"(<!-- status: (\w+) -->\n```text\n)(.*?)(```\n)", re.DOTALL)
+
+
+def status_example(phase: str) -> str:
+    """What `nbtether status` prints for the guide's session `analysis` in `phase`, drawn by
+    the command's own table code from the record a daemon keeps."""
+    now = datetime.now(UTC)
+    record = state.Record(name="analysis", cluster="create", token=EXAMPLE_TOKEN,
+                          local_port=8888, phase=phase, job_id="15244802",
+                          message="queued: Priority")
+    if phase == "ready":
+        record.endpoint = jobs.Endpoint(node="erc-hpc-comp015", address="10.211.4.15",
+                                        port=43117)
+        record.ends_at = now + timedelta(hours=1, minutes=59, seconds=30)
+        record.message = "1h59m left"
+    console = Console(file=io.StringIO(), width=100, record=True, color_system=None)
+    cli.print_table([record.status(now)], config.Settings(), console)
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines()) + "\n"
+
+
+def getting_started() -> str:
+    """docs/getting-started.md with each marked status block as the command prints it."""
+    text = GETTING_STARTED.read_text(encoding="utf-8")
+    return STATUS_BLOCK.sub(lambda m: m[1] + status_example(m[2]) + m[4], text)
+
+
 def outputs() -> dict[Path, str]:
     """Every generated file and its content."""
-    return {REFERENCE: reference(), SCHEMA: schema()}
+    return {REFERENCE: reference(), SCHEMA: schema(), GETTING_STARTED: getting_started()}
 
 
 def stale() -> list[Path]:

@@ -214,10 +214,10 @@ def status(
         raise typer.Exit(EXIT_NO_DAEMON)
 
 
-def print_table(rows: list[dict[str, Any]], config: Settings) -> None:
+def print_table(rows: list[dict[str, Any]], config: Settings, console: Console = out) -> None:
     """The status table, then each URL whole on a line of its own, so it can be copied."""
     if not rows:
-        out.print(f"no sessions (watching {config.sessions_dir})", highlight=False)
+        console.print(f"no sessions (watching {config.sessions_dir})", highlight=False)
         return
     table = Table("NAME", "PHASE", "JOB", "NODE", "TIME LEFT", "PORT", "MESSAGE", box=None)
     for row in rows:
@@ -227,10 +227,10 @@ def print_table(rows: list[dict[str, Any]], config: Settings) -> None:
             f"{left // 3600}:{left % 3600 // 60:02d}" if left is not None else "-",
             str(row["local_port"] or "-"), Text(row["message"]),
         )
-    out.print(table)
+    console.print(table)
     for row in rows:
         if row["url"]:
-            out.print(f"{row['name']}: {row['url']}", soft_wrap=True, highlight=False)
+            console.print(f"{row['name']}: {row['url']}", soft_wrap=True, highlight=False)
 
 
 def _daemon_facts(store: StateStore) -> dict[str, object]:
