@@ -117,15 +117,24 @@ def new_venv(cluster: Cluster) -> Iterator[str]:
 def test_install_creates_the_venv_and_the_environment_check_passes(
     testbed: Daemon, cluster: Cluster, new_venv: str
 ) -> None:
-    """`--install` makes the declared venv with jupyterlab (pip from PyPI: ~30-60 s); it passes."""
+    """`--install` makes the declared venv with jupyterlab (pip from PyPI: ~30-60 s), showing
+    pip's progress while it runs; the environment check then passes."""
     testbed.drop("fresh", session_yaml(free_port()).replace("~/jupyter_env", new_venv))
     assert testbed.nbtether("check", "fresh").returncode == 1
-    result = subprocess.run(
-        [sys.executable, "-m", "nbtether", "check", "fresh", "--install"], capture_output=True,
-        text=True, env=testbed.env, timeout=INSTALL_TIMEOUT, check=False,
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nbtether", "check", "fresh", "--install"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=testbed.env,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    checks = rows(result.stdout)
+    assert process.stderr is not None and process.stdout is not None
+    first = process.stderr.readline()
+    while first and "install | " not in first:
+        first = process.stderr.readline()
+    assert "install | " in first and process.poll() is None, "progress comes while pip runs"
+    said = first + process.stderr.read()
+    stdout = process.stdout.read()
+    assert process.wait(timeout=INSTALL_TIMEOUT) == 0, stdout + said
+    assert "  install | Collecting jupyterlab" in said.splitlines()
+    checks = rows(stdout)
     assert checks["install"] == ("OK", f"created {new_venv} and installed jupyterlab")
     assert checks["environment"][0] == "OK"
     again = testbed.nbtether("check", "fresh")
