@@ -130,16 +130,18 @@ def run(
 @app.command()
 def demo(config: ConfigOption = None) -> None:
     """Try nbtether here: a notebook on this machine, its URL shown once it answers;
-    Ctrl-C stops the daemon and the notebook."""
+    Ctrl-C stops the daemon and the notebook (exit 1 if the notebook could not start)."""
     from nbtether.demo import run_demo
     from nbtether.logconfig import configure
 
     configure(json=False)
     try:
-        asyncio.run(run_demo(settings(detail=True), _Options.config, out, err))
+        served = asyncio.run(run_demo(settings(detail=True), _Options.config, out, err))
     except (DemoUnavailable, AlreadyRunning) as exc:
         err.print(f"[red]{exc}[/red]", highlight=False)
         raise typer.Exit(EXIT_INVALID) from exc
+    if not served:
+        raise typer.Exit(EXIT_INVALID)
 
 
 def status_rows(config: Settings, store: StateStore, running: bool) -> list[dict[str, Any]]:

@@ -72,18 +72,39 @@ def place_session(settings: Settings, cluster: str) -> Path:
     return file
 
 
+def _last_lines(directory: Path, job_id: str | None, count: int = 5) -> list[str]:
+    """The end of a local job's output (Jupyter's log), to show why the notebook failed."""
+    try:
+        text = (directory / f"job-{job_id}.out").read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-count:]
+
+
 async def run_demo(
     settings: Settings, config_path: Path | None, out: Console, err: Console
-) -> None:
-    """Run the demo until SIGINT, SIGTERM or SIGHUP."""
+) -> bool:
+    """Run the demo until SIGINT, SIGTERM or SIGHUP, or until its notebook fails for good;
+    False in that case."""
     cluster = local_cluster(settings)
     if importlib.util.find_spec("jupyterlab") is None:
         raise DemoUnavailable(f"the demo needs JupyterLab next to nbtether: {jupyter_hint()}")
     file = place_session(settings, cluster)
     daemon = Daemon(settings, config_path=config_path)
+    failed = asyncio.Event()
 
     def show(before: str, record: Record) -> None:
-        if record.name != SESSION or record.phase != "ready" or before == "handover":
+        if record.name != SESSION:
+            return
+        if record.phase == "failed":  # nothing more will happen: say why and stop
+            err.print(f"the demo notebook failed: {record.message}", markup=False)
+            for line in _last_lines(daemon.store.root / "local" / SESSION, record.job_id
+                                    or record.previous_job_id):
+                err.print(f"  {line}", markup=False, highlight=False)
+            failed.set()
+            daemon.stopping.set()
+            return
+        if record.phase != "ready" or before == "handover":
             return
         out.print(f"\nThe notebook is ready at\n\n  {record.url}\n\nCtrl-C stops it.\n",
                   markup=False, highlight=False)
@@ -107,3 +128,4 @@ async def run_demo(
     err.print(f"nbtether demo: a notebook on this machine ({sys.executable}), from {file}",
               highlight=False)
     await daemon.run()
+    return not failed.is_set()
