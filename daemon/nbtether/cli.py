@@ -275,10 +275,7 @@ def validate(
     for file, spec in specs.items():
         if isinstance(spec, InvalidSpec):
             bad += 1
-            lines = (spec.detail or spec.reason).splitlines()
-            out.print(Text(str(file), style="red") + f": {lines[0]}", highlight=False)
-            for line in lines[1:]:
-                out.print(line, markup=False, highlight=False)
+            out.print(Text(str(file), style="red") + f": {spec.reason}", highlight=False)
         else:
             out.print(Text(str(file), style="green") + ": ok", highlight=False)
     if not files:

@@ -24,7 +24,6 @@ from pydantic import (
 
 from nbtether.config import NAME_PATTERN, describe_validation_error
 from nbtether.trust import Untrusted, check_directory, read_own_file
-from nbtether.yamltext import yaml_problem
 
 SUFFIXES = (".yaml", ".yml")
 # Limits on what one session file may make the daemon do: a real one is about 1 KiB and
@@ -219,13 +218,9 @@ def _names_a_field(key: str) -> bool:
 
 @dataclass(frozen=True)
 class InvalidSpec:
-    """A session file that does not validate; `reason` names the field, on one line.
-
-    `detail` is the whole report where it needs lines of its own (a YAML error's pointer).
-    """
+    """A session file that does not validate; `reason` names the field, on one line."""
 
     reason: str
-    detail: str = ""
 
 
 Spec = SessionSpec | InvalidSpec
@@ -334,9 +329,7 @@ def parse_session(name: str, text: str) -> Spec:
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
-        # The one line (status, logs, notifications) quotes nothing of the file; only
-        # `validate`, run by the user on a terminal, shows the line and its pointer.
-        return InvalidSpec(_describe_yaml_error(exc), yaml_problem(exc)[1])
+        return InvalidSpec(_describe_yaml_error(exc))
     if data is None:
         return InvalidSpec("the file is empty")
     if not isinstance(data, dict):

@@ -107,7 +107,7 @@ def test_hostile_and_broken_files_change_nothing(daemon: Daemon) -> None:
     assert result.returncode == 1
     for name, field in expected_fields.items():
         assert f"{name}.yaml: {field}" in result.stdout.replace("\n", "")
-    assert "good.yaml: line 2, column 24: not valid YAML" in result.stdout
+    assert "good.yaml: not valid YAML" in result.stdout
 
     daemon.drop("good", session_yaml(port))
     restored = daemon.wait_phase("good", "ready", timeout=30)
