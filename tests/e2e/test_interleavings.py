@@ -10,7 +10,6 @@ import pytest
 
 from tests.cluster import wait_for
 from tests.e2e.harness import Daemon, free_port, http_status, session_yaml, token_of
-from tests.e2e.test_faults import sacct_jobs
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +39,7 @@ def test_frozen_through_a_handover_serves_again_and_hands_over_again(daemon: Dae
                  message="both jobs to end while the daemon is frozen")
     finally:
         daemon.process.send_signal(signal.SIGCONT)
-    ended = dict(sacct_jobs(daemon.cluster, daemon, "frozen"))
+    ended = dict(daemon.submitted_jobs("frozen"))
     assert {ended[job_id] for job_id in both} == {"TIMEOUT"}
 
     def served_anew() -> dict[str, object] | None:
@@ -54,7 +53,7 @@ def test_frozen_through_a_handover_serves_again_and_hands_over_again(daemon: Dae
     third = str(row["job_id"])
     wait_for(lambda: str(daemon.status()["frozen"]["job_id"]) != third, timeout=150,
              interval=0.5, message="the new job's own handover")
-    assert dict(sacct_jobs(daemon.cluster, daemon, "frozen"))[third].startswith("CANCELLED")
+    assert dict(daemon.submitted_jobs("frozen"))[third].startswith("CANCELLED")
     assert daemon.status()["frozen"]["url"] == first["url"]
 
 
@@ -87,7 +86,7 @@ def test_killed_after_sbatch_then_edited_replaces_the_adopted_job(daemon: Daemon
     assert row["url"] == f"http://127.0.0.1:{port}/lab?token={token}"
     assert _active_ids(daemon) == {str(row["job_id"])}
     assert _memory(daemon, str(row["job_id"])) == "500M"
-    assert dict(sacct_jobs(daemon.cluster, daemon, "edited"))[adopted].startswith("CANCELLED")
+    assert dict(daemon.submitted_jobs("edited"))[adopted].startswith("CANCELLED")
 
 
 def test_edit_while_stopped_replaces_the_job_at_start(daemon: Daemon) -> None:
