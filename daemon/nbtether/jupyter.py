@@ -15,5 +15,9 @@ CONFIG = """\
 import os
 with open(os.environ["JUPYTER_TOKEN_FILE"]) as token_file:
     c.IdentityProvider.token = token_file.read()
+# One cookie secret per session, next to the token, so a page logged in to one job of the
+# session stays logged in to the next (the runtime directory is private to each job).
+c.ServerApp.cookie_secret_file = os.path.join(
+    os.path.dirname(os.environ["JUPYTER_TOKEN_FILE"]), "cookie_secret")
 """
 CONFIG_NAMES = ("jupyter_server_config", "jupyter_lab_config", "jupyter_notebook_config")
