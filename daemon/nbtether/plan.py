@@ -167,7 +167,6 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
         return Plan(record, [Listen(spec.local_port)], 0.0)
     record.local_port = spec.local_port
     changed = record.file_version is not None and seen.file_version != record.file_version
-    record.file_version = seen.file_version
     failed = seen.submit_failed  # whatever else is seen, a failed sbatch sets the next try
     if failed is not None and failed.successor:
         record.no_handover_for, record.handover_error = record.job_id, _said(failed.error)
@@ -187,9 +186,12 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
             record.phase = "failed"  # the URL cannot work until a person fixes the login
             if changed:
                 out.actions.append(Reconnect())
+                record.file_version = seen.file_version
         record.message = f"cluster unreachable: {seen.problem}"
         out.requeue_after = RECHECK
         return out
+    # Only a pass that can act on a saved file takes note of it.
+    record.file_version = seen.file_version
 
     job = seen.job
     known = {record.job_id, record.successor_id}

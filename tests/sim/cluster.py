@@ -79,7 +79,7 @@ class SimCluster:
     controller_up: bool = True
     login_up: bool = True
     host_key_changed: bool = False
-    squeue_times: list[float] = field(default_factory=list)  # when each squeue was sent
+    squeue_times: list[tuple[float, int]] = field(default_factory=list)  # (sent, daemon life)
     submissions: list[tuple[float, SimJob]] = field(default_factory=list)
     _next_id: int = 1000
     _events: list[tuple[datetime, int, Callable[[], None]]] = field(default_factory=list)
@@ -297,6 +297,7 @@ class SimLink:
         self._task: asyncio.Task[None] | None = None
         self._lost: asyncio.Event | None = None  # set when the current connection drops
         self._retry_now = asyncio.Event()
+        self.life = world.lives  # which daemon process this link belongs to
         world.links.append(self)
 
     @property
@@ -361,7 +362,7 @@ class SimLink:
         if lost is None:
             raise self.error or ClusterUnreachable("not connected")
         if command == slurm_text.POLL_COMMAND:
-            self.cluster.squeue_times.append(asyncio.get_running_loop().time())
+            self.cluster.squeue_times.append((asyncio.get_running_loop().time(), self.life))
         await self._latency(lost)
         result = self.cluster.execute(command, stdin)
         await self._latency(lost)  # a drop here loses the answer of a command that did run

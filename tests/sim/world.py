@@ -43,7 +43,8 @@ PORTS = (8801, 8802, 8803, 8804)
 CALM = 900.0  # healthy seconds after which a valid, unchanged session must be ready
 SETTLE = 150.0  # healthy seconds within which duplicates, orphans and stale routes go away
 SUBMIT_WINDOW = 30.0  # a submission follows the file version the daemon read this recently
-SQUEUE_BUDGET = 2  # squeue calls in any 60 s (MIN_POLL_GAP keeps them 40 s apart)
+SQUEUE_BUDGET = 6  # squeue calls in any 60 s, whatever happens (restarts included)
+SQUEUE_BUDGET_PER_LIFE = 2  # within one daemon process, MIN_POLL_GAP keeps them 40 s apart
 
 TEMPLATE = """\
 cluster: hpc
@@ -164,6 +165,7 @@ class World:
         )
         self.settings.sessions_dir.mkdir(parents=True)
         self.daemon: SimDaemon | None = None
+        self.lives = 0  # daemon processes started so far
         self.truth = {name: SessionTruth() for name in NAMES}
         self.trace: list[str] = []
         self.notes: list[str] = []
@@ -408,6 +410,7 @@ class World:
     # -- the daemon's life ----------------------------------------------------------------
 
     def _start_daemon(self) -> None:
+        self.lives += 1
         self.daemon = SimDaemon(self, self.settings)
         self.daemon.start()
 
@@ -476,11 +479,14 @@ class World:
         self._checked_submissions = len(self.cluster.submissions)
 
     def _check_squeue_budget(self) -> None:
-        times = [round(t * 1000) for t in self.cluster.squeue_times]  # ms: no float noise
-        for i in range(max(0, len(times) - 50), len(times)):
-            window = [t for t in times[i:] if t - times[i] < 60_000]
-            if len(window) > SQUEUE_BUDGET:
-                self._fail(f"{len(window)} squeue calls within 60 s from {times[i] / 1000:.1f}s")
+        calls = [(round(t * 1000), life) for t, life in self.cluster.squeue_times]  # ms
+        for i in range(max(0, len(calls) - 50), len(calls)):
+            start, life = calls[i]
+            window = [(t, lf) for t, lf in calls[i:] if t - start < 60_000]
+            same = [t for t, lf in window if lf == life]
+            if len(window) > SQUEUE_BUDGET or len(same) > SQUEUE_BUDGET_PER_LIFE:
+                self._fail(f"{len(window)} squeue calls ({len(same)} by one daemon) within "
+                           f"60 s from {start / 1000:.1f}s")
 
     def _check_session(self, name: str, truth: SessionTruth, record: Record | None) -> None:
         live = self.cluster.live_jobs(name)

@@ -486,3 +486,14 @@ def test_a_successor_without_the_token_is_cancelled_and_the_old_job_keeps_servin
     assert outcome.actions == [Cancel(("101",))]
     assert outcome.record is not None and outcome.record.phase == "ready"
     assert outcome.record.successor_id is None and outcome.record.job_id == "100"
+
+
+def test_a_file_saved_during_an_outage_still_counts_once_the_cluster_is_back() -> None:
+    """A save while the controller is down is not used up by the passes that cannot act."""
+    record = make_record(job_id="100", phase="failed", file_version="1",
+                         given_up_on=f"{SPEC.job_fingerprint()}@1")
+    down = plan(SPEC, record, seen(problem="Unable to contact slurm controller",
+                                   file_version="2"), NOW)
+    assert down.record is not None and down.record.file_version == "1"
+    back = plan(SPEC, down.record, seen(file_version="2", job=job("CANCELLED by 0")), NOW)
+    assert Submit() in back.actions
