@@ -44,6 +44,16 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         """Virtual seconds since the loop was made."""
         return self._virtual_now
 
+    def run_in_executor(self, executor: Any, func: Any, *args: Any) -> asyncio.Future[Any]:
+        """Run `func` at once, on this thread: a thread would let time jump while it works
+        and make the run depend on the machine's speed (asyncio.to_thread comes here)."""
+        future: asyncio.Future[Any] = self.create_future()
+        try:
+            future.set_result(func(*args))
+        except Exception as exc:  # delivered to the awaiting code, as an executor would
+            future.set_exception(exc)
+        return future
+
     def advance(self, seconds: float) -> None:
         """Move the clock forward (the selector does this; nothing else should)."""
         self._virtual_now += seconds
