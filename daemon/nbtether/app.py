@@ -16,7 +16,7 @@ from nbtether.backends import Backend
 from nbtether.backends.batch import BatchBackend
 from nbtether.backends.kinds import make_backend
 from nbtether.clock import Clock, every, system_clock
-from nbtether.config import Settings, load_settings
+from nbtether.config import ClusterConfig, Settings, load_settings
 from nbtether.control import ControlServer, socket_path
 from nbtether.desktop import DesktopNotifier
 from nbtether.errors import ConfigError
@@ -74,11 +74,16 @@ class Daemon:
         def wake(sessions: set[str] | None) -> None:
             self._wake_cluster(name, sessions)
 
-        backend = make_backend(name, config, self._instance, self.store.root, wake, self.clock)
+        backend = self._make_backend(name, config, wake)
         self.backends[name] = backend
         backend.start()
         if isinstance(backend, BatchBackend):
             self._polls[name] = asyncio.create_task(every(config.poll_interval, backend.poll))
+
+    def _make_backend(
+        self, name: str, config: ClusterConfig, wake: Callable[[set[str] | None], None]
+    ) -> Backend:
+        return make_backend(name, config, self._instance, self.store.root, wake, self.clock)
 
     async def _stop_backend(self, name: str) -> None:
         if (poll := self._polls.pop(name, None)) is not None:

@@ -436,8 +436,10 @@ def _handover(spec: SessionSpec, record: Record, seen: Seen, now: datetime, out:
         return out
     state = successor.state.lower()
     record.message = f"{stops}; successor job {record.successor_id} {state}"
+    # Never less than PROBE_AGAIN: past the switch time (a laptop that slept) a zero or
+    # negative wait would plan this session again and again without pause.
     out.requeue_after = PROBE_AGAIN if seen.successor_endpoint else \
-        min(HANDOVER_LOOK, (switch_at - now).total_seconds())
+        max(PROBE_AGAIN, min(HANDOVER_LOOK, (switch_at - now).total_seconds()))
     return out
 
 

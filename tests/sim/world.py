@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -113,14 +114,10 @@ class SimDaemon(Daemon):
         super().__init__(settings, clock=world.wall)
         self.world = world
 
-    def _make_backends(self, instance: str) -> dict[str, Backend]:
-        config = self.settings.clusters[CLUSTER]
-
-        def wake(sessions: set[str] | None) -> None:
-            self._wake_cluster(CLUSTER, sessions)
-
-        return {CLUSTER: SlurmBackend(CLUSTER, config, instance, wake, clock=self.clock,
-                                      link=partial(SimLink, self.world))}
+    def _make_backend(self, name: str, config: ClusterConfig,
+                      wake: Callable[[set[str] | None], None]) -> Backend:
+        return SlurmBackend(name, config, self._instance, wake, clock=self.clock,
+                            link=partial(SimLink, self.world))
 
     def _make_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, self.store, self.backends, self.queue.add, self.clock,
@@ -161,8 +158,10 @@ class World:
                                           dir=shm if shm.is_dir() else None))
         self.settings = Settings(
             sessions_dir=self.root / "sessions.d", state_dir=self.root / "state",
-            clusters={CLUSTER: ClusterConfig(host="login.sim.example.org")},
+            clusters={CLUSTER: ClusterConfig(host="login.sim.example.org",
+                                             known_hosts=self.root / "known_hosts")},
         )
+        (self.root / "known_hosts").write_text("")  # checked before any (simulated) login
         self.settings.sessions_dir.mkdir(parents=True)
         self.daemon: SimDaemon | None = None
         self.lives = 0  # daemon processes started so far

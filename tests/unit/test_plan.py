@@ -497,3 +497,15 @@ def test_a_file_saved_during_an_outage_still_counts_once_the_cluster_is_back() -
     assert down.record is not None and down.record.file_version == "1"
     back = plan(SPEC, down.record, seen(file_version="2", job=job("CANCELLED by 0")), NOW)
     assert Submit() in back.actions
+
+
+def test_a_handover_past_its_switch_time_does_not_spin() -> None:
+    """After a sleep past the switch time, a successor still queued is looked at again
+    after a pause, never at once in a loop."""
+    spec = make_spec(restart={"handover": "10m"})
+    record = make_record(job_id="100", successor_id="101", phase="handover", endpoint=EP,
+                         fingerprint=spec.job_fingerprint(), ends_at=NOW - timedelta(hours=2))
+    observed = seen(job=job("RUNNING", ends_at=NOW - timedelta(hours=2)), endpoint=EP,
+                    answering=True, routed=EP, successor=job("PENDING", "101"))
+    outcome = plan(spec, record, observed, NOW)
+    assert outcome.requeue_after is not None and outcome.requeue_after > 0
