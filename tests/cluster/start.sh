@@ -485,6 +485,19 @@ configure_sge() {
     qconf -sh | grep -qx "$node" || qconf -ah "$node" >/dev/null
   done
   qconf -ss | grep -qx localhost || qconf -as localhost >/dev/null
+  # Each execd marks its jobs' processes with a group id from gid_range and kills a job by
+  # that id. Both execds run on this one machine, so they need ranges that do not overlap,
+  # or ending a job on one node kills the job that drew the same id on the other.
+  local first=65400 size=50
+  for node in "${NODES[@]}"; do
+    printf 'gid_range %s-%s\n' "$first" "$((first + size - 1))" >"$tmp/$node"
+    if qconf -sconf "$node" &>/dev/null; then
+      qconf -Mconf "$tmp/$node" >/dev/null
+    else
+      qconf -Aconf "$tmp/$node" >/dev/null
+    fi
+    first=$((first + size))
+  done
   # Schedule every 2 s instead of 15 s, so tests wait for jobs, not for the scheduler.
   qconf -ssconf | sed -E 's/^(schedule_interval +).*/\10:0:2/' >"$tmp/sconf"
   qconf -ssconf | cmp -s - "$tmp/sconf" || qconf -Msconf "$tmp/sconf" >/dev/null
