@@ -63,6 +63,7 @@ class JobInfo:
     node: str | None = None
     ends_at: datetime | None = None  # when the walltime runs out, if running
     fingerprint: str | None = None  # of the session file the job was made from, if it says
+    starts_at: datetime | None = None  # the scheduler's estimated start, if queued
 
     @property
     def base_state(self) -> str:

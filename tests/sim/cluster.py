@@ -53,6 +53,9 @@ class SimJob:
     port: int = 0
     answering: bool = False  # Jupyter accepts connections with the token
     recorded_at: datetime | None = None  # when sacct starts to know the job
+    used_at: datetime | None = None  # the user last ran code in its Jupyter
+    busy_until: datetime | None = None  # a kernel computes until then
+    cancelled_at: datetime | None = None  # when scancel reached it first
 
     @property
     def live(self) -> bool:
@@ -223,8 +226,10 @@ class SimCluster:
             if job.state == "RUNNING" and job.started is not None:
                 seconds = max(0, int((job.started + job.limit - now).total_seconds()))
                 left = f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+            start = (now + timedelta(seconds=60)).strftime("%Y-%m-%dT%H:%M:%S") \
+                if job.state == "PENDING" else "N/A"
             rows.append(f"{job.job_id}|{job.state}|{job.reason or 'None'}|{job.node}|{left}|"
-                        f"{job.name}|{job.comment or '(null)'}")
+                        f"{job.name}|{start}|{job.comment or '(null)'}")
         return _done(stdout="\n".join(rows) + "\n")
 
     def _sacct(self, command: str) -> SimpleNamespace:
@@ -268,6 +273,7 @@ class SimCluster:
         words = shlex.split(command.split(";", 1)[0])
         for job_id in words[1:]:
             if job := self.jobs.get(job_id):
+                job.cancelled_at = job.cancelled_at or self.world.wall()
                 self.cancel(job)
             for file in [f for f in self.run_dir if f.startswith(f"{job_id}-")]:
                 del self.run_dir[file]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nbtether.backends import batch, rendezvous
+from nbtether.backends import batch, rendezvous, slurm_text
 from nbtether.backends.slurm import SlurmBackend
 from nbtether.config import ClusterConfig
 from nbtether.jobs import JobState
@@ -42,7 +42,7 @@ class StubLink:
     async def run(self, command: str, *, stdin: str | None = None,
                   timeout: float = 60.0) -> Done:
         self.commands.append(command)
-        return Done(stdout=self.queue if command.startswith("squeue") else "")
+        return Done(stdout=self.queue if command == slurm_text.POLL_COMMAND else "")
 
     async def stop(self) -> None:
         """Nothing to close."""
@@ -51,7 +51,7 @@ class StubLink:
         self.commands.append(command)
 
     def squeues(self) -> int:
-        return sum(command.startswith("squeue") for command in self.commands)
+        return sum(command == slurm_text.POLL_COMMAND for command in self.commands)
 
 
 def backend(queue: str) -> tuple[SlurmBackend, StubLink, list[set[str] | None]]:

@@ -190,3 +190,14 @@ def test_parse_squeue_reads_the_shape_from_the_comment() -> None:
             slurm.parse_poll((CAPTURED / "squeue-comments.txt").read_text(), NOW)}
     assert jobs["15"].fingerprint == "abc123" and jobs["15"].name == "nbtether-simcap-x"
     assert jobs["14"].fingerprint is None
+
+
+def test_parse_squeue_reads_the_expected_start_of_queued_jobs() -> None:
+    """Real output with `%S` (run with TZ=UTC): a queued job's expected start, in UTC;
+    ended jobs (whose `%S` is when they started) have none."""
+    jobs = {job.job_id: job for job in
+            slurm.parse_poll((CAPTURED / "squeue-start.txt").read_text(), NOW)}
+    assert jobs["862"].reason == "BeginTime" and jobs["862"].fingerprint == "0123456789abcdef"
+    assert jobs["862"].starts_at == datetime(2026, 11, 30, 16, 58, 34, tzinfo=UTC)
+    assert jobs["852"].starts_at is None and jobs["852"].fingerprint == "141c6519cddef171"
+    assert slurm.parse_start("N/A") is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from nbtether.backends import rendezvous
 from nbtether.config import ClusterConfig
@@ -71,7 +71,9 @@ SUBMIT_COMMAND = "umask 077 && sbatch --parsable"  # the script comes on stdin; 
 POLL_NAME = "squeue"
 # `--local`: the jobs of the login node's own cluster, without asking for the federation
 # first; that makes one call 2 RPCs (the user's jobs, the partitions) instead of 3.
-POLL_COMMAND = "squeue --me --local --states=all --noheader --format='%i|%T|%r|%N|%L|%j|%k'"
+# TZ=UTC: `%S` (the expected start) is printed in the login node's time zone otherwise.
+POLL_COMMAND = ("TZ=UTC squeue --me --local --states=all --noheader "
+                "--format='%i|%T|%r|%N|%L|%j|%S|%k'")
 
 
 def final_command(job_ids: list[str]) -> str:
@@ -117,11 +119,13 @@ def parse_poll(stdout: str, now: datetime) -> list[JobInfo]:
     """Rows of POLL_COMMAND's output, with time left turned into an end time."""
     jobs = []
     for line in stdout.splitlines():
-        fields = line.strip().split("|", 6)
+        fields = line.strip().split("|", 7)
         if len(fields) < 6 or not fields[0].isdigit():
             continue
         job_id, state, reason, node, left, name = fields[:6]
-        comment = fields[6] if len(fields) == 7 else ""  # none from daemons before comments
+        # Older formats (still running after an upgrade): no start, nor comment before it.
+        start, comment = (fields[6], fields[7]) if len(fields) == 8 else \
+            ("", fields[6] if len(fields) == 7 else "")
         time_left = parse_time_left(left)
         jobs.append(
             JobInfo(
@@ -133,9 +137,19 @@ def parse_poll(stdout: str, now: datetime) -> list[JobInfo]:
                 ends_at=now + time_left if state == "RUNNING" and time_left else None,
                 fingerprint=comment.removeprefix(COMMENT_PREFIX)
                 if comment.startswith(COMMENT_PREFIX) else None,
+                starts_at=parse_start(start) if state == "PENDING" else None,
             )
         )
     return jobs
+
+
+def parse_start(text: str) -> datetime | None:
+    """squeue's `%S` (`2026-01-05T09:30:00`, in the controller's time zone, which the poll
+    sets to UTC), or None for `N/A` and anything else that is no time."""
+    try:
+        return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 def parse_final(stdout: str) -> list[JobInfo]:
