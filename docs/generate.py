@@ -97,6 +97,10 @@ PHASES: dict[str, str] = {
     "login": "The cluster's login node asks for a password or one-time code: `message` names "
     "the `nbtether login CLUSTER` to run. Jobs are left alone (not resubmitted, not "
     "cancelled, not counted as failures); nothing is retried until that command runs.",
+    "idle": "No job, on purpose: `start: on_demand` before first use, or stopped by "
+    "`idle_stop` (`message` says when and after how long). The port listens; the next "
+    "request there (a page opened or reloaded, `nbtether open`, a program) starts a job "
+    "at the same URL. Neither a failure nor a restart.",
 }
 
 

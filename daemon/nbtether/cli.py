@@ -303,11 +303,20 @@ def open_(
     timeout: WaitTimeout = WAIT_TIMEOUT,
     config: ConfigOption = None,
 ) -> None:
-    """Open the session's notebook in the browser (or show its URL when there is none)."""
+    """Open the session's notebook in the browser (or show its URL when there is none).
+
+    An idle session is started first, and waited for."""
     from nbtether.browser import open_url
 
     settings_ = settings()
     store = StateStore(settings_.state_dir)
+    idle = store.load(name)
+    if idle is not None and idle.phase == "idle" and idle.local_port and store.daemon_running():
+        from nbtether.waiting import wake
+
+        wake(idle.local_port)  # as a browser would: the daemon starts a job
+        err.print(f"{name} was idle: starting a job", highlight=False)
+        wait = True
     if wait:
         record = _waited(settings_, name, timeout)
     else:

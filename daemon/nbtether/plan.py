@@ -29,6 +29,15 @@ REPLACED_NOTICE = timedelta(minutes=10)  # how long status says the kernel was r
 
 
 @dataclass(frozen=True)
+class Activity:
+    """What Jupyter says of its use: the kernels' and terminals' newest activity, and
+    whether a kernel is computing. An open page that does nothing changes neither."""
+
+    last: datetime | None  # None: no kernel and no terminal
+    busy: bool
+
+
+@dataclass(frozen=True)
 class Submit:
     """Submit a new job (as the successor of the current one if `successor`)."""
 
@@ -103,6 +112,8 @@ class Seen:
     routed: Endpoint | None = None
     port_error: str | None = None  # the last Listen failed: why, and who holds the port
     submit_failed: SubmitFailed | None = None  # the last Submit failed
+    demanded: bool = False  # a request reached the port while no notebook answered
+    activity: Activity | None = None  # asked of a ready job's Jupyter when idle_stop is set
 
 
 @dataclass
@@ -167,6 +178,13 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
         return Plan(record, [Listen(spec.local_port)], 0.0)
     record.local_port = spec.local_port
     changed = record.file_version is not None and seen.file_version != record.file_version
+    if record.file_version is None and record.job_id is None and spec.start == "on_demand":
+        record.asleep = True  # a new session: no job until someone wants one
+    # Someone asked for it, or the file now says `always` (saved since the idle stop, or a
+    # session never started whose file no longer says `on_demand`).
+    if record.asleep and (seen.demanded or (spec.start == "always" and (
+            changed or record.stopped_job_id is None))):
+        record.asleep = False
     failed = seen.submit_failed  # whatever else is seen, a failed sbatch sets the next try
     if failed is not None and failed.successor:
         record.no_handover_for, record.handover_error = record.job_id, _said(failed.error)
@@ -193,14 +211,19 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     # Only a pass that can act on a saved file takes note of it.
     record.file_version = seen.file_version
 
+    if record.asleep:
+        return _asleep(spec, record, seen, out)
     job = seen.job
-    known = {record.job_id, record.successor_id}
+    # A job stopped for idleness may still be ending: cancelled again, never adopted back.
+    known = {record.job_id, record.successor_id, record.stopped_job_id}
     strays = [stray for stray in seen.strays if stray.job_id not in known]
-    if strays and not _active(job) and record.successor_id is None:
+    strays += [stray for stray in seen.strays if stray.job_id == record.stopped_job_id]
+    adoptable = [stray for stray in strays if stray.job_id != record.stopped_job_id]
+    if adoptable and not _active(job) and record.successor_id is None:
         # A job we submitted but never recorded (the daemon died right after sbatch): adopt
         # the newest instead of submitting another. Its own comment says what shape it has;
         # where the scheduler keeps no comment, it has the shape the record meant to submit.
-        newest = max(strays, key=lambda stray: int(stray.job_id))
+        newest = max(adoptable, key=lambda stray: int(stray.job_id))
         strays.remove(newest)
         record.job_id, record.endpoint = newest.job_id, None
         record.fingerprint = newest.fingerprint or record.fingerprint
@@ -233,6 +256,63 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     return _follow_job(spec, record, job, seen, fingerprint, now, out)
 
 
+def _asleep(spec: SessionSpec, record: Record, seen: Seen, out: Plan) -> Plan:
+    """No job on purpose: whatever of the session still runs is cancelled; the port waits."""
+    record.phase = "idle"
+    record.message = _asleep_message(spec, record)
+    if seen.routed is not None:
+        out.actions.append(Route(None))
+    running = tuple(dict.fromkeys(job.job_id for job in (seen.job, seen.successor, *seen.strays)
+                                  if job is not None and _active(job)))
+    if running:
+        out.actions.append(Cancel(running))
+        out.requeue_after = RECHECK  # until they are gone
+    return out
+
+
+def _asleep_message(spec: SessionSpec, record: Record) -> str:
+    where = f"127.0.0.1:{spec.local_port}"
+    if record.stopped_job_id and record.last_end.startswith(f"job {record.stopped_job_id} "):
+        return f"{record.last_end}; the next connection to {where} starts a new job"
+    return f"start: on_demand: no job until something connects to {where}"
+
+
+def _stop_idle(spec: SessionSpec, record: Record, idle: timedelta, now: datetime,
+               out: Plan) -> Plan:
+    """Cancel the job of a notebook nobody uses; the next connection starts a new one."""
+    assert spec.idle_stop is not None
+    out.actions += [Route(None), Cancel(_jobs_of(record))]
+    record.stopped_job_id = record.job_id
+    record.last_end = (f"job {record.job_id} stopped at {now:%H:%M} UTC after "
+                       f"{_duration(idle)} idle (idle_stop: {_duration(spec.idle_stop)})")
+    record.job_id = record.successor_id = None
+    record.submitted_at = record.successor_submitted_at = None
+    record.endpoint = record.ends_at = record.ready_since = None
+    record.asleep = True
+    record.phase = "idle"
+    record.message = _asleep_message(spec, record)
+    out.requeue_after = RECHECK  # to see the job end
+    return out
+
+
+def _idle_for(spec: SessionSpec, record: Record, seen: Seen, now: datetime) -> timedelta | None:
+    """How long Jupyter has been unused, when that is known and matters (idle_stop)."""
+    activity = seen.activity
+    if spec.idle_stop is None or activity is None or activity.busy or record.successor_id:
+        return None
+    since = max(moment for moment in (record.ready_since, activity.last) if moment is not None)
+    return now - since
+
+
+def _duration(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    if seconds % 3600 == 0 and seconds:
+        return f"{seconds // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m" if seconds % 60 == 0 and seconds else f"{seconds}s"
+
+
 def _said(error: NbtetherError) -> str:
     return f"rejected by SLURM: {error}" if isinstance(error, SubmissionRejected) else str(error)
 
@@ -244,7 +324,7 @@ def _jobs_of(record: Record) -> tuple[str, ...]:
 def _submit(out: Plan, record: Record, fingerprint: str, now: datetime) -> Plan:
     """Submit a job (last among the actions, so a failed sbatch undoes nothing)."""
     record.job_id, record.endpoint, record.ends_at = None, None, None
-    record.successor_id = None
+    record.successor_id = record.ready_since = record.starts_at = None
     if record.retry_at and record.retry_at > now:
         wait = (record.retry_at - now).total_seconds()
         record.phase = "pending"
@@ -279,7 +359,7 @@ def _after_end(
         # The old job ended first: the successor simply becomes the job.
         record.job_id, record.successor_id = record.successor_id, None
         record.submitted_at, record.successor_submitted_at = record.successor_submitted_at, None
-        record.endpoint, record.ends_at = None, None
+        record.endpoint, record.ends_at, record.ready_since = None, None, None
         record.restarts += 1
         record.replaced_at = now
         record.phase, record.message = "pending", f"previous job ended ({said})"
@@ -353,6 +433,7 @@ def _follow_job(
                 "a new job follows once it has ended"
         elif kind is JobState.WAITING:
             record.message = f"queued: {reason}"
+            record.starts_at = job.starts_at
         else:
             record.message = f"{job.base_state.lower()}: {reason}"
         return out
@@ -375,8 +456,19 @@ def _follow_job(
     if seen.routed != seen.endpoint:
         out.actions.append(Route(seen.endpoint))
     record.phase, record.message = "ready", _time_left(record, now)
+    record.starts_at, record.last_end = None, ""
+    record.ready_since = record.ready_since or now
     if record.replaced_at is not None and now - record.replaced_at < REPLACED_NOTICE:
         record.message = f"{_replaced(record, now)}; {record.message}"
+    idle = _idle_for(spec, record, seen, now)
+    if idle is not None and spec.idle_stop is not None:
+        if idle >= spec.idle_stop:
+            return _stop_idle(spec, record, idle, now, out)
+        out = _handover(spec, record, seen, now, out)
+        if out.requeue_after is not None:  # look again when the idle time would be up
+            out.requeue_after = min(out.requeue_after,
+                                    max(PROBE_AGAIN, (spec.idle_stop - idle).total_seconds()))
+        return out
     return _handover(spec, record, seen, now, out)
 
 
@@ -463,6 +555,7 @@ def _switch(record: Record, seen: Seen, now: datetime, out: Plan, cancel: bool =
     record.job_id, record.successor_id = record.successor_id, None
     record.submitted_at, record.successor_submitted_at = record.successor_submitted_at, None
     record.endpoint, record.ends_at = seen.successor_endpoint, None
+    record.ready_since = now
     record.restarts += 1
     record.replaced_at = now
     record.phase, record.message = "ready", _replaced(record, now)

@@ -24,6 +24,7 @@ from nbtether.config import Settings
 from nbtether.errors import LoginRequired, NbtetherError, PermanentError
 from nbtether.jobs import Endpoint
 from nbtether.plan import (
+    Activity,
     Cancel,
     Forget,
     Listen,
@@ -36,17 +37,19 @@ from nbtether.plan import (
     Unlisten,
     plan,
 )
+from nbtether.portpage import Waiting
 from nbtether.spec import SUFFIXES, SessionSpec, Spec, load_sessions, session_files
 from nbtether.state import Record, StateStore
-from nbtether.tunnel import Answer, Opener, Tunnel, port_holder, probe
+from nbtether.tunnel import Answer, Opener, Tunnel, jupyter_activity, port_holder, probe
 
 log = structlog.get_logger(__name__)
 
-SERVING = ("pending", "starting", "ready", "handover", "login")
+SERVING = ("pending", "starting", "ready", "handover", "login", "idle")
 ROUNDS = 4  # plans per pass: a failed Listen or Submit is planned on at once
 
 TunnelFactory = Callable[[int, Opener, Callable[[], None]], Tunnel]
 Prober = Callable[[Opener, Endpoint, str], Awaitable[Answer]]
+ActivityProbe = Callable[[Opener, Endpoint, str], Awaitable[Activity | None]]
 
 
 class Reconciler:
@@ -63,6 +66,7 @@ class Reconciler:
         tunnel: TunnelFactory = Tunnel,
         prober: Prober = probe,
         who_holds: Callable[[int], str | None] = port_holder,
+        activity: ActivityProbe = jupyter_activity,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -72,6 +76,8 @@ class Reconciler:
         self._port_errors: dict[str, str] = {}
         self._submit_failures: dict[str, SubmitFailed] = {}
         self._unreachable: set[str] = set()  # sessions whose tunnel failed to reach the job
+        self._demanded: set[str] = set()  # sessions someone asked for while no notebook answered
+        self._activity = activity
         self._wake = wake
         self._clock = clock
         self._on_phase = on_phase  # told (old phase, new record) after each phase change
@@ -114,8 +120,9 @@ class Reconciler:
             record.cluster = spec.cluster
         backend = self.backends.get(record.cluster)
         outcome = Plan(record)
+        watch_idle = isinstance(spec, SessionSpec) and spec.idle_stop is not None
         for _ in range(ROUNDS):
-            seen = await self._observe(record, backend)
+            seen = await self._observe(record, backend, watch_idle=watch_idle)
             outcome = plan(spec, record, seen, self._clock())
             if outcome.record is not None:
                 self._save(outcome.record)  # the intent, before anything is done about it
@@ -126,6 +133,8 @@ class Reconciler:
             self._save(record)
             if done:
                 break
+        if tunnel := self.tunnels.get(name):
+            tunnel.show(waiting(record))
         self._remember(before, record)
         return outcome.requeue_after
 
@@ -136,7 +145,9 @@ class Reconciler:
                 return str((self.settings.sessions_dir / f"{name}{suffix}").stat().st_mtime_ns)
         return ""
 
-    async def _observe(self, record: Record, backend: Backend | None) -> Seen:
+    async def _observe(
+        self, record: Record, backend: Backend | None, *, watch_idle: bool = False
+    ) -> Seen:
         name = record.name
         tunnel = self.tunnels.get(name)
         listening = tunnel.port if tunnel else None
@@ -147,6 +158,7 @@ class Reconciler:
             routed=routed,
             port_error=self._port_errors.pop(name, None),
             submit_failed=self._submit_failures.pop(name, None),
+            demanded=self._take_demand(name),
         )
         if backend is None:
             gone = None if not record.job_id else "cluster no longer configured"
@@ -168,8 +180,13 @@ class Reconciler:
         )
         answer = await self._answers(record, backend, endpoint, routed, suspect)
         successor_answer = await self._answers(record, backend, successor_endpoint, None)
+        activity = None
+        if watch_idle and endpoint is not None and answer is Answer.READY and \
+                record.phase == "ready" and routed == endpoint:
+            activity = await self._activity(backend.open_connection, endpoint, record.token)
         return replace(
             own,
+            activity=activity,
             job=job,
             successor=successor,
             endpoint=endpoint,
@@ -255,12 +272,25 @@ class Reconciler:
             self._port_errors[name] = f"local_port: 127.0.0.1:{port} is held by {holder} " \
                 f"({exc.strerror})"
             return False
+        tunnel.on_demand = lambda: self._demand(name)
         self.tunnels[name] = tunnel
         if old is not None:
             tunnel.point(old.target)
             await old.close()
         log.info("listening", session=name, port=port)
         return True
+
+    def _demand(self, name: str) -> None:
+        """A request reached the port while no notebook answered: someone wants one."""
+        if name not in self._demanded:
+            self._demanded.add(name)
+            self._wake(name)
+
+    def _take_demand(self, name: str) -> bool:
+        if name in self._demanded:
+            self._demanded.discard(name)
+            return True
+        return False
 
     def _suspect(self, name: str) -> None:
         """The tunnel could not reach the job: look at the session and its cluster again."""
@@ -298,3 +328,15 @@ class Reconciler:
         for tunnel in self.tunnels.values():
             await tunnel.close()
         self.tunnels.clear()
+
+
+def waiting(record: Record) -> Waiting | None:
+    """What the port's page says for this record (None: a notebook answers, or is taking
+    over this moment, so connections are held for it)."""
+    if record.phase in ("ready", "handover"):
+        return None
+    return Waiting(
+        name=record.name, phase=record.phase, message=record.message, job_id=record.job_id,
+        submitted_at=record.submitted_at, starts_at=record.starts_at,
+        previous=record.last_end, cluster=record.cluster,
+    )

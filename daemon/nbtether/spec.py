@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     ValidationError,
     WithJsonSchema,
+    field_validator,
 )
 
 from nbtether.config import NAME_PATTERN, describe_validation_error
@@ -31,6 +32,7 @@ SUFFIXES = (".yaml", ".yml")
 # stack (the YAML composer recurses once per level).
 MAX_FILE_BYTES = 16 * 1024
 MAX_DEPTH = 16
+MIN_IDLE_STOP = timedelta(minutes=1)
 
 # Values that end up in `#SBATCH` lines or shell words on the cluster. Anything outside these
 # sets (spaces, quotes, `;`, `$`, backticks, newlines) is rejected, and shell words are quoted
@@ -189,6 +191,26 @@ class SessionSpec(_Strict):
     environment: Environment = Field(default_factory=Environment)
     jupyter: Jupyter = Field(default_factory=Jupyter)
     restart: Restart = Field(default_factory=Restart)
+    start: Literal["always", "on_demand"] = Field(
+        "always",
+        description="`always`: a job runs while the file exists; `on_demand`: no job until "
+        "something connects to local_port (a page opened or reloaded, or a program's request).",
+    )
+    idle_stop: Duration | None = Field(
+        None,
+        description="Cancel the job once Jupyter has been unused this long (no kernel busy or "
+        "active, no terminal used), e.g. 2h, at least 1m; the port keeps listening and the "
+        "next request starts a new job at the same URL. Kernel state and edits not yet "
+        "saved (JupyterLab saves every 2 min) are lost.",
+    )
+
+    @field_validator("idle_stop")
+    @classmethod
+    def _idle_stop_long_enough(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < MIN_IDLE_STOP:
+            raise ValueError(f"must be at least {int(MIN_IDLE_STOP.total_seconds())}s: "
+                             "Jupyter's activity is looked at about every 30 s")
+        return value
 
     def job_fingerprint(self) -> str:
         """A digest of everything that shapes the job; a change means a new job."""

@@ -20,7 +20,7 @@ from nbtether.jobs import Endpoint
 from nbtether.trust import Untrusted, check_directory
 
 Phase = Literal[
-    "pending", "starting", "ready", "handover", "stopping", "failed", "invalid", "login"
+    "pending", "starting", "ready", "handover", "stopping", "failed", "invalid", "login", "idle"
 ]
 APP_PATHS = {"lab": "lab", "notebook": "tree", "server": ""}
 LOCK_PATIENCE = 2.0  # seconds a starting daemon waits out a `status` probing the lock
@@ -55,6 +55,10 @@ class Record(BaseModel):
     given_up_on: str | None = None  # the attempt (plan.attempt_key) that failed for good
     file_version: str | None = None  # of the session file when last planned
     replaced_at: datetime | None = None  # a successor took over: the kernel was replaced
+    starts_at: datetime | None = None  # the scheduler's estimated start of a queued `job_id`
+    ready_since: datetime | None = None  # when `job_id` first answered: idle time counts from it
+    asleep: bool = False  # no job on purpose (`start: on_demand`, `idle_stop`) until wanted
+    stopped_job_id: str | None = None  # the job cancelled for idleness: never adopted back
 
     @classmethod
     def new(cls, name: str, cluster: str = "", local_port: int | None = None) -> Record:

@@ -10,20 +10,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import json
 import os
 import resource
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
+from nbtether import portpage
 from nbtether.jobs import Endpoint
+from nbtether.plan import Activity
 
 log = structlog.get_logger(__name__)
 
 Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 CHUNK = 256 * 1024
 HOLD_SECONDS = 30.0  # a connection that cannot be forwarded yet waits this long for a job
+HEAD_TIMEOUT = 10.0  # seconds a connection may take to send its request when no job answers
 # Open connections per session port. A browser uses a few dozen at most; without a cap,
 # a few hundred idle connections to one port used up the daemon's file descriptors and
 # every other session failed with EMFILE.
@@ -45,25 +50,35 @@ class Tunnel:
         self._opener = opener
         self._on_failure = on_failure
         self._server: asyncio.Server | None = None
-        self._routed = asyncio.Event()
         self._moved = asyncio.Event()  # set (and replaced) whenever the target changes
         self._tasks: set[asyncio.Task[None]] = set()
         self._refusing = False
+        self.waiting: portpage.Waiting | None = None
+        # Called when a request that is not an open page's own traffic finds no notebook:
+        # someone wants one (`start: on_demand`, or a session stopped when idle).
+        self.on_demand: Callable[[], None] | None = None
 
     async def listen(self) -> None:
         """Bind 127.0.0.1:port (never all interfaces); OSError if the port is taken."""
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
 
     def point(self, target: Endpoint | None) -> None:
-        """Send new connections to `target` (None: hold them until there is one)."""
+        """Send new connections to `target` (None: hold them until there is one, or answer
+        them with the page while the session says why it has none)."""
         if target != self.target:
-            self._moved.set()
-            self._moved = asyncio.Event()
+            self._nudge()
         self.target = target
-        if target is None:
-            self._routed.clear()
-        else:
-            self._routed.set()
+
+    def show(self, waiting: portpage.Waiting | None) -> None:
+        """What the page says while there is no target (None: a notebook is expected at
+        once, so connections are held for it instead)."""
+        if waiting is not None and self.waiting is None:
+            self._nudge()  # held connections get the page now
+        self.waiting = waiting
+
+    def _nudge(self) -> None:
+        self._moved.set()
+        self._moved = asyncio.Event()
 
     async def close(self) -> None:
         """Unbind and drop every open connection."""
@@ -97,31 +112,53 @@ class Tunnel:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        deadline = asyncio.get_running_loop().time() + self.hold
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.hold
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(deadline):
-                    await self._routed.wait()
-            target, moved = self.target, self._moved
-            if target is None:
+            target, moved, waiting = self.target, self._moved, self.waiting
+            if target is None and waiting is not None:
+                await self._answer_waiting(reader, writer)
                 return
-            try:
-                remote_reader, remote_writer = await self._opener(target.address, target.port)
-                break
-            except Exception as exc:  # any failure to reach the job: look at the job again
-                log.info("tunnel cannot reach the notebook", port=self.port, error=str(exc))
-                self._on_failure()
+            if target is not None:
+                try:
+                    remote_reader, remote_writer = await self._opener(target.address, target.port)
+                    break
+                except Exception as exc:  # any failure to reach the job: look at the job again
+                    log.info("tunnel cannot reach the notebook", port=self.port, error=str(exc))
+                    self._on_failure()
             # Nothing was forwarded yet, so the connection can wait for the session to move
             # (a job that just ended, a handover) instead of failing the browser's request.
             try:
                 async with asyncio.timeout_at(deadline):
                     await moved.wait()
             except TimeoutError:
+                if self.waiting is not None:
+                    await self._answer_waiting(reader, writer)
                 return
         try:
             await splice(reader, writer, remote_reader, remote_writer)
         finally:
             remote_writer.close()
+
+    async def _answer_waiting(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """No notebook answers: read the request, ask for a job if a person or a program
+        wants one, and answer with the page (browsers) or 503."""
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return
+        request = portpage.parse_head(head)
+        waiting = self.waiting
+        if request is None or waiting is None:
+            return
+        starting = waiting.phase == "idle" and not request.background
+        if starting and self.on_demand is not None:
+            self.on_demand()
+        writer.write(portpage.answer(request, waiting, datetime.now(UTC), starting=starting))
+        with contextlib.suppress(OSError, ConnectionError):
+            await writer.drain()
 
 
 async def splice(
@@ -223,6 +260,69 @@ async def _get_status(
     location = next((line.split(":", 1)[1].strip() for line in lines[1:]
                      if line.lower().startswith("location:")), "")
     return int(parts[1]), location
+
+
+async def jupyter_activity(
+    opener: Opener, target: Endpoint, token: str, timeout: float = 10.0
+) -> Activity | None:
+    """Jupyter's own account of its use: its kernels' and terminals' `last_activity` and
+    `execution_state` (None when it cannot be read).
+
+    These change only when code runs or a terminal is used, not when an open page polls
+    the server, which updates the server-wide `last_activity` of `/api/status` instead.
+    `no_track_activity` keeps these requests from counting as use themselves.
+    """
+    moments: list[datetime] = []
+    busy = False
+    for path in ("/api/kernels", "/api/terminals"):
+        items = await _get_json(opener, target, f"{path}?no_track_activity=1", token, timeout)
+        if not isinstance(items, list):
+            if path == "/api/terminals" and items is _NOT_FOUND:
+                continue  # terminals disabled
+            return None
+        for item in items:
+            if not isinstance(item, dict):
+                return None
+            busy = busy or item.get("execution_state") in ("busy", "starting")
+            with contextlib.suppress(TypeError, ValueError):
+                moments.append(datetime.fromisoformat(str(item["last_activity"])))
+    return Activity(last=max(moments, default=None), busy=busy)
+
+
+_NOT_FOUND = object()
+MAX_BODY = 1024 * 1024
+
+
+async def _get_json(
+    opener: Opener, target: Endpoint, path: str, token: str, timeout: float
+) -> object:
+    """The parsed JSON body of a GET with the token; `_NOT_FOUND` for 404; None otherwise."""
+    try:
+        reader, writer = await asyncio.wait_for(opener(target.address, target.port), timeout)
+    except Exception:  # unreachable, for whatever reason: unknown
+        return None
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     f"Authorization: token {token}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(MAX_BODY), timeout)
+        while len(response) < MAX_BODY and (more := await asyncio.wait_for(
+                reader.read(MAX_BODY - len(response)), timeout)):
+            response += more
+    except (OSError, TimeoutError, ConnectionError):
+        return None
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    parts = head.split(b"\r\n", 1)[0].split()
+    if len(parts) < 2 or parts[1] not in (b"200", b"404"):
+        return None
+    if parts[1] == b"404":
+        return _NOT_FOUND
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def raise_descriptor_limit() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -82,3 +84,12 @@ def _spinner(console: Console) -> Iterator[Callable[[str], None]]:
             status.update(text)
 
         yield both
+
+
+def wake(port: int, timeout: float = 5.0) -> None:
+    """Ask an idle session's port for its page, which makes the daemon start a job."""
+    with contextlib.suppress(OSError), \
+            socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        while sock.recv(65536):
+            pass

@@ -17,7 +17,7 @@ WEIGHTS = {
     "create": 10, "edit": 8, "move_port": 4, "touch": 3, "break": 3, "delete": 4, "wait": 20,
     "kill": 4, "start": 6, "sleep": 2, "login_down": 2, "login_up": 4, "drop": 3,
     "controller_down": 2, "controller_up": 4, "host_key": 3, "node_fail": 3, "preempt": 2,
-    "crash": 2, "scancel": 1, "grab_port": 3, "browse": 5,
+    "crash": 2, "scancel": 1, "grab_port": 3, "browse": 5, "use": 4,
 }
 DURATIONS = (1.0, 5.0, 20.0, 60.0, 300.0, 1200.0)
 DURATION_WEIGHTS = (4, 5, 5, 4, 2, 1)

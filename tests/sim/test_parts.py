@@ -83,7 +83,8 @@ def test_a_dropped_file_is_served_within_two_minutes() -> None:
 
 def test_a_simulated_day_hands_over_every_job() -> None:
     """A day of virtual time with one session: every job hands over, its record stays 0600."""
-    world = World(2, Faults(jupyter_fails=0.0, garbled_sbatch=0.0))
+    world = World(2, Faults(jupyter_fails=0.0, garbled_sbatch=0.0, on_demand=0.0,
+                            idle_stop=0.0))
     mode: dict[str, int] = {}
 
     def inspect(*_: object) -> None:
@@ -99,3 +100,31 @@ def test_a_simulated_day_hands_over_every_job() -> None:
     assert mode["bits"] == 0o600
     assert mode["restarts"] >= 12  # walltimes of at most two hours
     assert mode["timeouts"] == 0  # every job was handed over before its walltime
+
+
+def test_an_idle_session_sleeps_wakes_on_a_visit_and_sleeps_again_with_its_token() -> None:
+    """start: on_demand with idle_stop: no job until the page is opened, then ready, then
+    stopped once unused for idle_stop, then served again at the same token on a visit."""
+    world = World(3, Faults(jupyter_fails=0.0, garbled_sbatch=0.0, queue_wait=30.0,
+                            on_demand=0.0, idle_stop=0.0))
+    seen: list[tuple[str, str | None, str]] = []
+
+    def create(_: int) -> None:
+        world._write("alpha", "cluster: hpc\nlocal_port: 8801\nstart: on_demand\n"
+                              "idle_stop: 5m\n")
+
+    def look(_: int) -> None:
+        record = world.records()["alpha"]
+        seen.append((record.phase, record.job_id, record.token))
+
+    world._do_create = create  # type: ignore[attr-defined]
+    world._do_look = look  # type: ignore[attr-defined]
+    world.run([Event("create", 0, 600), Event("look", 0, 0), Event("browse", 0, 120),
+               Event("look", 0, 0), Event("use", 0, 240), Event("look", 0, 0),
+               Event("wait", 0, 600), Event("look", 0, 0), Event("browse", 0, 120),
+               Event("look", 0, 0)])
+    (asleep, _, token), (ready, first, _), (used, kept, _), (stopped, none, _), \
+        (again, second, same) = seen
+    assert (asleep, ready, used, stopped, again) == ("idle", "ready", "ready", "idle", "ready")
+    assert first == kept and none is None and second not in (None, first) and same == token
+    assert sum(job.started is not None for job in world.cluster.jobs.values()) == 2

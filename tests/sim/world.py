@@ -30,6 +30,8 @@ from nbtether.backends import Backend
 from nbtether.backends.slurm import SlurmBackend
 from nbtether.config import ClusterConfig, Settings
 from nbtether.jobs import Endpoint
+from nbtether.plan import Activity
+from nbtether.portpage import Waiting
 from nbtether.reconciler import Reconciler
 from nbtether.spec import InvalidSpec, SessionSpec, check_files, load_sessions
 from nbtether.state import Record, StateStore
@@ -57,7 +59,8 @@ resources:
   time: "{time}"
 restart:
   handover: 5m
-"""
+{extra}"""
+IDLE_STOPS = ("2m", "20m", "1h")
 
 
 class InvariantBroken(AssertionError):
@@ -71,6 +74,8 @@ class Faults:
     jupyter_fails: float = 0.03  # chance that a job's Jupyter never starts
     queue_wait: float = 120.0  # longest wait in the queue
     garbled_sbatch: float = 0.02  # chance that sbatch's answer has no job id (a site plugin)
+    on_demand: float = 0.3  # chance that a file written says `start: on_demand`
+    idle_stop: float = 0.3  # chance that a file written sets `idle_stop`
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,11 @@ class SimTunnel:
         self.port = port
         self.target: Endpoint | None = None
         self.on_failure = on_failure
+        self.on_demand: Callable[[], None] | None = None
+        self.waiting: Waiting | None = None
+
+    def show(self, waiting: Waiting | None) -> None:
+        self.waiting = waiting
 
     async def listen(self) -> None:
         if self.port in self.world.ports:
@@ -122,7 +132,7 @@ class SimDaemon(Daemon):
     def _make_reconciler(self) -> Reconciler:
         return Reconciler(self.settings, self.store, self.backends, self.queue.add, self.clock,
                           tunnel=partial(SimTunnel, self.world), prober=self.world.probe,
-                          who_holds=self.world.holder)
+                          who_holds=self.world.holder, activity=self.world.activity)
 
 
 @dataclass
@@ -137,6 +147,8 @@ class SessionTruth:
     history: list[tuple[float, str | None]] = field(default_factory=list)  # (time, fingerprint)
     token: str | None = None
     troubled_at: float = -1.0  # last fault that may legitimately end in `failed`
+    wants: bool = False  # the user has the page open: it reloads until the notebook answers
+    woken_at: float = 0.0  # healthy time of the last request that asked for a job
 
 
 class World:
@@ -145,6 +157,8 @@ class World:
     def __init__(self, seed: int, faults: Faults | None = None) -> None:
         self.seed = seed
         self.rng = random.Random(seed)  # noqa: S311 (a simulation, not a secret)
+        # Its own stream, so that the scenarios from before idle sessions play as they did.
+        self.usage_rng = random.Random(f"usage-{seed}")  # noqa: S311
         self.faults = faults or Faults()
         self.loop = VirtualTimeLoop()
         self.loop.set_exception_handler(self._unhandled)
@@ -230,6 +244,7 @@ class World:
             if healthy and self._healthy():
                 self.healthy_time += event.dt
             self.cluster.catch_up()
+            self._reload_pages()
             self.check()
 
     async def _shutdown(self) -> None:
@@ -266,9 +281,15 @@ class World:
         if port is None:
             port = current.local_port if isinstance(current, SessionSpec) \
                 else self.rng.choice(PORTS)
+        extra = ""
+        if self.usage_rng.random() < self.faults.on_demand:
+            extra += "start: on_demand\n"
+        if self.usage_rng.random() < self.faults.idle_stop:
+            extra += f"idle_stop: {self.usage_rng.choice(IDLE_STOPS)}\n"
         return TEMPLATE.format(port=port, cpus=self.rng.choice((1, 2)),
                                mem=self.rng.choice(("400M", "1G", "2G")),
-                               time=self.rng.choice(("00:30:00", "01:00:00", "02:00:00")))
+                               time=self.rng.choice(("00:30:00", "01:00:00", "02:00:00")),
+                               extra=extra)
 
     def _do_create(self, arg: int) -> None:
         name = NAMES[arg % len(NAMES)]
@@ -399,12 +420,46 @@ class World:
             del self.ports[port]
 
     def _do_browse(self, arg: int) -> None:
-        """The user opens each URL: a route to a notebook that is gone reports a failure."""
+        """The user opens each URL: a route to a notebook that is gone reports a failure;
+        a session without a notebook shows its page, which reloads until one answers."""
         for tunnel in list(self.ports.values()):
             if isinstance(tunnel, SimTunnel) and tunnel.target is not None:
                 job = self._job_at(tunnel.target)
                 if job is None or not job.answering:
                     tunnel.on_failure()
+        for truth in self.truth.values():
+            if truth.content is not None:
+                truth.wants = True
+        self._reload_pages()
+
+    def _reload_pages(self) -> None:
+        """Each open page asks again; on an idle session that is a request for a job."""
+        for tunnel in list(self.ports.values()):
+            if isinstance(tunnel, SimTunnel) and tunnel.target is None and \
+                    tunnel.waiting is not None and tunnel.waiting.phase == "idle" and \
+                    self.truth[tunnel.waiting.name].wants and tunnel.on_demand is not None:
+                self.truth[tunnel.waiting.name].woken_at = self.healthy_time
+                tunnel.on_demand()
+
+    def _do_use(self, arg: int) -> None:
+        """The user runs code in one notebook: a computation of up to half an hour."""
+        running = [job for job in self.cluster.jobs.values() if job.state == "RUNNING"
+                   and job.answering]
+        if running:
+            job = sorted(running, key=lambda job: int(job.job_id))[arg % len(running)]
+            job.used_at = self.wall()
+            job.busy_until = self.wall() + timedelta(seconds=arg % 4 * 600)
+
+    async def activity(self, opener: Any, endpoint: Endpoint, token: str) -> Activity | None:
+        """What the job's Jupyter says of its kernels (simulated: the `use` events)."""
+        await asyncio.sleep(self.rng.uniform(0.01, 0.2))
+        job = self._job_at(endpoint)
+        if job is None or not job.answering or job.token != token:
+            return None
+        now = self.wall()
+        busy = job.busy_until is not None and now < job.busy_until
+        moments = [m for m in (job.used_at, job.busy_until) if m is not None and m <= now]
+        return Activity(last=max(moments, default=None), busy=busy)
 
     # -- the daemon's life ----------------------------------------------------------------
 
@@ -516,6 +571,9 @@ class World:
                                 f"{name} was deleted but jobs {sorted(ids)} remain")
             return
         self._bad_since.pop((name, "deleted"), None)
+        if record is not None and record.phase in ("ready", "handover"):
+            truth.wants = False  # the page became the notebook
+        self._check_idle(name, truth, record, live)
         spec = truth.spec
         if isinstance(spec, SessionSpec) and record is not None and record.phase == "ready":
             routed = self.ports.get(spec.local_port)
@@ -525,11 +583,26 @@ class World:
                                 f"{name} is ready but its port leads to no notebook")
         self._check_ready(name, truth, record)
 
+    def _check_idle(self, name: str, truth: SessionTruth, record: Record | None,
+                    live: list[SimJob]) -> None:
+        """An idle session has no job; a job is stopped only after idle_stop unused."""
+        idle = record is not None and record.phase == "idle"
+        self._must_not_last((name, "idle with jobs"), idle and bool(live), SETTLE,
+                            f"{name} is idle but jobs {[job.job_id for job in live]} remain")
+        stopped = self.cluster.jobs.get(record.stopped_job_id or "") if record else None
+        spec = truth.spec
+        if stopped is not None and stopped.cancelled_at is not None and \
+                isinstance(spec, SessionSpec) and spec.idle_stop is not None:
+            used = [m for m in (stopped.used_at, stopped.busy_until) if m is not None]
+            if used and stopped.cancelled_at - max(used) < spec.idle_stop:
+                self._fail(f"{name}'s job {stopped.job_id} was stopped as idle at "
+                           f"{stopped.cancelled_at:%H:%M:%S}, used until {max(used):%H:%M:%S}")
+
     def _check_ready(self, name: str, truth: SessionTruth, record: Record | None) -> None:
         spec = truth.spec
         if not isinstance(spec, SessionSpec):
             return
-        calm_since = max(self.disturbed_at, truth.written_at,
+        calm_since = max(self.disturbed_at, truth.written_at, truth.woken_at,
                          *(other.written_at for other in self.truth.values()))
         if self.healthy_time - calm_since < CALM or not self._healthy():
             return
@@ -542,6 +615,9 @@ class World:
         if any(other != name and tunnel.port == spec.local_port
                for other, tunnel in tunnels.items()):
             return  # another session kept the port (its file is invalid): it is right to
+        if record is not None and record.phase == "idle" and not truth.wants and (
+                spec.start == "on_demand" or spec.idle_stop is not None):
+            return  # nobody asked for it since: no job is right
         if record is None or record.phase not in ("ready", "handover"):
             self._fail(f"{name} is {record.phase if record else 'unknown'} "
                        f"({record.message if record else ''}) after {CALM:.0f} s of calm")

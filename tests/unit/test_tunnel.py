@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from nbtether.jobs import Endpoint
-from nbtether.tunnel import Tunnel, port_holder
+from nbtether.plan import Activity
+from nbtether.portpage import Waiting, render
+from nbtether.tunnel import Tunnel, jupyter_activity, port_holder
+from nbtether.waiting import wake
 
 COMM = Path("/proc/self/comm").read_text().strip()  # this test process's name
 
@@ -122,3 +127,139 @@ async def test_a_taken_port_fails_to_listen_and_its_holder_is_named() -> None:
             await Tunnel(port, asyncio.open_connection, lambda: None).listen()
         assert port_holder(port) == f"{COMM} (pid {os.getpid()})"
     assert port_holder(port) is None
+
+
+WAITING = Waiting(name="nb", phase="pending", message="queued: Resources", job_id="123",
+                  submitted_at=datetime.now(UTC) - timedelta(minutes=3),
+                  starts_at=datetime.now(UTC) + timedelta(minutes=20), cluster="hpc")
+BROWSER = ("GET /lab?token=SECRET HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           "Accept: text/html,application/xhtml+xml\r\nSec-Fetch-Mode: navigate\r\n\r\n")
+POLL = ("GET /api/kernels HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: */*\r\n"
+        "Sec-Fetch-Mode: cors\r\n\r\n")
+
+
+async def _request(port: int, text: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(text.encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return data
+
+
+async def test_without_a_notebook_browsers_get_the_page_and_programs_503() -> None:
+    """A page request gets the page (phase, reason, job, expected start, no token);
+    anything else gets 503 with Retry-After."""
+    port = _free_port()
+    tunnel = Tunnel(port, asyncio.open_connection, lambda: None)
+    await tunnel.listen()
+    try:
+        tunnel.show(WAITING)
+        page = await _request(port, BROWSER)
+        assert page.startswith(b"HTTP/1.1 200 OK\r\n")
+        body = page.decode()
+        for expected in ("pending", "queued: Resources", "123", "Expected start",
+                         "http-equiv=\"refresh\""):
+            assert expected in body
+        assert "SECRET" not in body
+        api = await _request(port, "GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert api.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 5\r\n" in api
+    finally:
+        await tunnel.close()
+
+
+async def test_a_page_request_wakes_an_idle_session_but_an_open_tabs_polls_do_not() -> None:
+    """Only a person's request (a page opened or reloaded, a program) asks for a job."""
+    asked: list[int] = []
+    port = _free_port()
+    tunnel = Tunnel(port, asyncio.open_connection, lambda: None)
+    tunnel.on_demand = lambda: asked.append(1)
+    await tunnel.listen()
+    try:
+        tunnel.show(replace(WAITING, phase="idle", message="stopped after 1h idle"))
+        await _request(port, POLL)
+        assert asked == []
+        page = await _request(port, BROWSER)
+        assert asked == [1] and b"starting a new job now" in page
+        await _request(port, "GET /api/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert asked == [1, 1]
+    finally:
+        await tunnel.close()
+
+
+async def test_a_held_connection_gets_the_page_once_the_session_says_why_it_waits() -> None:
+    """Held while a notebook is expected at once; answered as soon as the session waits."""
+    port = _free_port()
+    tunnel = Tunnel(port, asyncio.open_connection, lambda: None)
+    await tunnel.listen()
+    try:
+        asking = asyncio.create_task(_request(port, BROWSER))
+        await asyncio.sleep(0.2)
+        assert not asking.done()
+        tunnel.show(WAITING)
+        assert (await asking).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        await tunnel.close()
+
+
+async def _fake_jupyter(kernels: str, terminals: str | None) -> tuple[asyncio.Server, int]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        assert "no_track_activity=1" in head and "Authorization: token tok" in head
+        body = kernels if "/api/kernels" in head else terminals
+        status = "200 OK" if body is not None else "404 Not Found"
+        data = (body or "").encode()
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_jupyter_activity_reads_kernels_and_terminals() -> None:
+    """The newest kernel or terminal activity and whether a kernel is busy."""
+    kernels = ('[{"id": "a", "execution_state": "idle", "last_activity": '
+               '"2026-11-30T10:00:00.000000Z"}, {"id": "b", "execution_state": "busy", '
+               '"last_activity": "2026-11-30T09:00:00.000000Z"}]')
+    terminals = '[{"name": "1", "last_activity": "2026-11-30T11:00:00.000000Z"}]'
+    server, port = await _fake_jupyter(kernels, terminals)
+    target = Endpoint(node="c1", address="127.0.0.1", port=port)
+    try:
+        activity = await jupyter_activity(asyncio.open_connection, target, "tok")
+        assert activity == Activity(last=datetime(2026, 11, 30, 11, 0, tzinfo=UTC), busy=True)
+    finally:
+        server.close()
+    server, port = await _fake_jupyter("[]", None)  # terminals disabled
+    target = Endpoint(node="c1", address="127.0.0.1", port=port)
+    try:
+        assert await jupyter_activity(asyncio.open_connection, target, "tok") == \
+            Activity(last=None, busy=False)
+    finally:
+        server.close()
+    closed = Endpoint(node="c1", address="127.0.0.1", port=_free_port())
+    assert await jupyter_activity(asyncio.open_connection, closed, "tok") is None
+
+
+async def test_nbtether_open_wakes_an_idle_session_like_a_browser() -> None:
+    """`waiting.wake`, which `nbtether open` uses on an idle session, asks for a job."""
+    asked = asyncio.Event()
+    port = _free_port()
+    tunnel = Tunnel(port, asyncio.open_connection, lambda: None)
+    tunnel.on_demand = asked.set
+    await tunnel.listen()
+    try:
+        tunnel.show(replace(WAITING, phase="idle"))
+        await asyncio.to_thread(wake, port)
+        assert asked.is_set()
+    finally:
+        await tunnel.close()
+
+
+@pytest.mark.parametrize(("phase", "advice"), [
+    ("failed", "save the session file again"), ("login", "nbtether login hpc"),
+    ("idle", "Reload this page")])
+def test_the_page_says_what_to_do(phase: str, advice: str) -> None:
+    """A failed session's page says how to retry, a login's which command to run."""
+    page = render(replace(WAITING, phase=phase, message="why"), datetime.now(UTC))
+    assert advice in page and "why" in page
