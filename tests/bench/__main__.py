@@ -3,8 +3,9 @@ write docs/benchmarks.md.
 
 Groups (each holds /tmp/nbtether-bench.lock while it runs, waiting for pytest runs first):
 `tunnel` (figures 1, 2, 7), `readiness` (3), `walltime` (4), `rpcs` (5, 6), `login` (8),
-`queue` (9).
-`login` measures one process on the login node and takes no hold.
+`queue` (9), `idle` (10).
+`login` measures one process on the login node and takes no hold; `idle` runs the daemon in
+the simulated world (tests/sim) and needs no cluster.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from tests.bench import login, polling, readiness, report, tunnels, walltime
+from tests.bench import idle, login, polling, readiness, report, tunnels, walltime
 from tests.bench.common import (
     FigureResult,
     Hold,
@@ -26,7 +27,8 @@ from tests.bench.common import (
 )
 from tests.cluster import Cluster, start_cluster
 
-GROUPS = ("tunnel", "readiness", "walltime", "rpcs", "login", "queue")
+GROUPS = ("tunnel", "readiness", "walltime", "rpcs", "login", "queue", "idle")
+ON_THE_CLUSTER = set(GROUPS) - {"idle"}
 COMMAND = "python -m tests.bench"
 
 
@@ -101,19 +103,22 @@ def main() -> int:
         parser.error(f"unknown group(s): {', '.join(sorted(unknown))}")
     install_signal_handlers()
     started = time.monotonic()
-    say("starting the mini-cluster (tests/cluster/start.sh)")
-    cluster = start_cluster()
     results: list[FigureResult] = []
-    if groups & {"tunnel", "readiness"}:
-        results += guarded("tunnel", lambda: tunnel_group(cluster, groups))
-    if "walltime" in groups:
-        results += guarded("walltime", lambda: walltime_group(cluster))
-    if "rpcs" in groups:
-        results += guarded("rpcs", lambda: rpcs_group(cluster))
-    if "login" in groups:
-        results += guarded("login", lambda: login_group(cluster))
-    if "queue" in groups:
-        results += guarded("queue", lambda: queue_group(cluster))
+    if groups & ON_THE_CLUSTER:
+        say("starting the mini-cluster (tests/cluster/start.sh)")
+        cluster = start_cluster()
+        if groups & {"tunnel", "readiness"}:
+            results += guarded("tunnel", lambda: tunnel_group(cluster, groups))
+        if "walltime" in groups:
+            results += guarded("walltime", lambda: walltime_group(cluster))
+        if "rpcs" in groups:
+            results += guarded("rpcs", lambda: rpcs_group(cluster))
+        if "login" in groups:
+            results += guarded("login", lambda: login_group(cluster))
+        if "queue" in groups:
+            results += guarded("queue", lambda: queue_group(cluster))
+    if "idle" in groups:
+        results += guarded("idle", lambda: [idle.run()])
     report.print_results(results)
     say(f"measured in {(time.monotonic() - started) / 60:.0f} minutes")
     if not args.no_docs:

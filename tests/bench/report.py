@@ -224,6 +224,15 @@ EXPLAIN = {
     8: "With eight ready sessions, (utime + stime) of the daemon's watcher, the `bash` loop "
        "on the login node (/proc/<pid>/stat; the login node is this machine), over 600 s; "
        "afterwards the files in the run directory.",
+    10: "The real daemon in the simulated world of tests/sim (virtual time; a simulated "
+        "SLURM whose queue waits are up to 120 s), one session of 4 CPUs with 8-hour jobs "
+        "and a 10-minute handover, for seven days from Monday 09:00. On each weekday the "
+        "user works in three bursts (09:00 to 10:30, 13:30 to 15:00, 19:00 to 20:00): the page is "
+        "opened at the start, then code runs every ten minutes; nothing happens at the "
+        "weekend. Always on: `start: always`, no `idle_stop`. With idle_stop: "
+        "`start: on_demand` and `idle_stop: 1h`. Core-hours are the running time of every "
+        "job the simulated SLURM ran, times 4; the wait is from opening the page to `ready` "
+        "(looked at every 5 s). No cluster is needed (`--only idle`).",
     9: "Eight sessions of 8 CPUs each: the two 16-CPU nodes run four, the other four wait "
        "(`queued: Resources`). hpcuser's slurmctld RPCs (`sdiag`) over 120 s, starting half "
        "a poll period after a poll.",
@@ -276,7 +285,8 @@ def write_page(results: list[FigureResult], failed: list[FigureResult], command:
         "`pip install -e '.[bench]'`; it starts the mini-cluster with "
         "`tests/cluster/start.sh` first and takes about 30 minutes). `--only GROUP,…` "
         "re-measures some figures (groups: tunnel = 1, 2, 7; readiness = 3; walltime = 4; "
-        "rpcs = 5, 6; login = 8; queue = 9) and keeps the others from docs/benchmarks.json; each "
+        "rpcs = 5, 6; login = 8; queue = 9; idle = 10, simulated, no cluster) and keeps the "
+        "others from docs/benchmarks.json; each "
         "section says when it was measured. Every figure compares two things measured in "
         "the same run (a ratio or a difference), never absolute numbers across runs: the "
         "mini-cluster shares two cores with everything else. Traffic stays on 127.0.0.0/8.",
