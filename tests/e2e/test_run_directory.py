@@ -71,6 +71,7 @@ async def test_a_hundred_jobs_leave_the_run_directory_empty_once_they_ended(
                          "the backend to forget the ended jobs")
     finally:
         await backend.stop()
-        cluster.ssh(f"rm -rf {rendezvous.remote_dir(instance)}", check=False)
+        cluster.ssh(f"scancel --name={rendezvous.job_name(instance, 'churn')}; "
+                    f"rm -rf {rendezvous.remote_dir(instance)}", check=False)
     squeues_allowed = 1 + (time.monotonic() - started) // batch.MIN_POLL_GAP
     assert backend.rpc_count <= squeues_allowed
