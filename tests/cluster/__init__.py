@@ -7,6 +7,7 @@ reused), ``stop.sh`` takes it down; ``README.md`` says what runs where.
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import time
 from collections.abc import Callable
@@ -28,6 +29,9 @@ __all__ = [
 START_SCRIPT = Path(__file__).resolve().parent / "start.sh"
 STOP_SCRIPT = START_SCRIPT.with_name("stop.sh")
 STATE_DIR = Path("/var/lib/nbtether-testcluster")
+# Held while start.sh runs: pytest workers start the cluster at once, and two runs of the
+# script could both find a daemon down and both start it.
+START_LOCK = Path("/tmp/nbtether-testcluster-start.lock")
 
 _T = TypeVar("_T")
 
@@ -133,17 +137,20 @@ def start_cluster(timeout: float = 1800) -> Cluster:
     """Runs ``start.sh`` (quick when the cluster already runs) and describes the cluster.
 
     The timeout covers a first run on a fresh machine, which installs Debian packages
-    and jupyterlab. Raises :class:`ClusterStartError` when the script fails.
+    and jupyterlab. Raises :class:`ClusterStartError` when the script fails. Runs of this
+    function in other processes wait for each other.
     """
     try:
-        proc = subprocess.run(
-            ["bash", str(START_SCRIPT)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
+        with START_LOCK.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            proc = subprocess.run(
+                ["bash", str(START_SCRIPT)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=timeout,
+            )
     except subprocess.TimeoutExpired as exc:
         raise ClusterStartError(
             f"{START_SCRIPT} did not finish within {timeout:g}s; its output ended with:\n"
