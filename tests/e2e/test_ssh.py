@@ -14,6 +14,8 @@ from tests.e2e.harness import Daemon, free_port, session_yaml
 
 pytestmark = pytest.mark.e2e
 
+POLL_INTERVAL = 30  # the shortest allowed: a test that waits for a scheduled poll waits less
+
 
 def ssh_config(home: Path, cluster: Cluster, *, with_key: bool, extra: str = "") -> None:
     """A ~/.ssh with the login node as Host alias `login` and its key in known_hosts."""
@@ -105,7 +107,8 @@ def test_jump_host_with_an_unknown_key_is_named_and_polls_stay_quiet(
     wrong = wrong_known_hosts(tmp_path, cluster)
     daemon = Daemon(tmp_path, cluster, testbed=(
         f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
-        f"identity_file: {cluster.identity_file}\nknown_hosts: {wrong}\nproxy_jump: login"
+        f"identity_file: {cluster.identity_file}\nknown_hosts: {wrong}\nproxy_jump: login\n"
+        f"poll_interval: {POLL_INTERVAL}"
     ))
     daemon.start()
     try:
@@ -117,8 +120,8 @@ def test_jump_host_with_an_unknown_key_is_named_and_polls_stay_quiet(
             return message if "host key of login " in message else None
 
         wait_for(names_the_jump_host, timeout=30, message="status to name the jump host")
-        # The scheduled poll (every 30 s) finds no connection: one quiet line, no traceback.
-        wait_for(lambda: '"poll skipped"' in daemon.log.read_text(), timeout=45,
+        # The first scheduled poll finds no connection: one quiet line, no traceback.
+        wait_for(lambda: '"poll skipped"' in daemon.log.read_text(), timeout=POLL_INTERVAL + 15,
                  message="a scheduled poll without a connection")
         log = daemon.log.read_text()
         assert "Traceback" not in log and '"exception"' not in log, log[-3000:]
