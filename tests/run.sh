@@ -15,6 +15,20 @@ if ! command -v chromium >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium
 fi
-python3 -m pytest "$@"
+# Exit 5, no test selected (`bash tests/run.sh tests/unit` has no cluster_wide test), is no
+# failure; any other non-zero exit is.
+pytest_part() {
+  python3 -m pytest "$@" && return 0
+  local code=$?
+  ((code == 5)) || return "$code"
+}
+# Most tests on two workers: an end-to-end test mostly waits for a walltime, so their waits
+# overlap. Tests of one xdist_group share a worker. Then, alone, the tests that change the
+# mini-cluster for every job (marker cluster_wide). Both parts run, so a run reports every
+# failure; either one failing fails the run.
+failed=0
+pytest_part -n 2 --dist loadgroup -m "not cluster_wide" "$@" || failed=1
+pytest_part -m cluster_wide "$@" || failed=1
 ruff check .
 mypy --strict daemon
+exit "$failed"
