@@ -67,6 +67,7 @@ def test_handover_keeps_the_url_answering(daemon: Daemon) -> None:
     assert len(daemon.active_jobs()) <= 2
 
 
+@pytest.mark.cluster_wide
 def test_node_failure_requeue_comes_back(daemon: Daemon) -> None:
     """A node set down requeues the job (same id); the session serves again at its URL."""
     port = free_port()
@@ -87,6 +88,7 @@ def test_node_failure_requeue_comes_back(daemon: Daemon) -> None:
     assert len(daemon.active_jobs()) == 1
 
 
+@pytest.mark.cluster_wide
 def test_controller_outage_changes_nothing(daemon: Daemon) -> None:
     """With slurmctld down for a minute, nothing is resubmitted or cancelled; it stays ready."""
     port = free_port()
@@ -126,6 +128,7 @@ def _kill_login_node() -> None:
             continue
 
 
+@pytest.mark.cluster_wide
 @BOTH_SCHEDULERS
 def test_login_node_outage_recovers_the_same_job(daemon: Daemon) -> None:
     """sshd killed with its connections for 15 s: the URL answers within 10 s of its return."""

@@ -25,7 +25,9 @@ import pytest
 from tests.cluster import Cluster, wait_for
 from tests.e2e.harness import Daemon, free_port, http_status, session_yaml, token_of
 
-pytestmark = pytest.mark.e2e
+# One worker runs them all, one after another: a code once used may be refused within its
+# 30 s step, and a test's sshd log lines and ended connections must be its own.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("login")]
 
 # Longer than the daemon's longest reconnect delay (5 s) with margin: a retry would show.
 QUIET_WINDOW = 12.0

@@ -1,7 +1,7 @@
 """A shared compute node: other users' programs and the user's own Jupyter config.
 
 These tests change what every job on the mini-cluster meets (a hostile user on the nodes,
-hpcuser's ~/.jupyter), so run them with the cluster lock held exclusively.
+hpcuser's ~/.jupyter): they are `cluster_wide`, run alone.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from tests.cluster import Cluster, wait_for
 from tests.e2e.harness import Daemon, free_port, http_status, session_yaml, token_of
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster_wide]
 
 NODE_ADDRESSES = ("127.0.0.2", "127.0.0.3")  # c1 and c2
 SESSIONS = 7

@@ -48,6 +48,7 @@ def test_drop_serves_the_notebook_and_delete_cancels_it(daemon: Daemon) -> None:
     daemon.wait_gone("analysis", timeout=45)
 
 
+@pytest.mark.cluster_wide  # the two jobs land on both nodes only if no other job runs
 @BOTH_SCHEDULERS
 def test_two_sessions_edits_and_port_moves(daemon: Daemon) -> None:
     """Two sessions run side by side; a resource edit replaces the job, a port edit keeps it."""
