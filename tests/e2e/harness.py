@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -52,12 +53,30 @@ def session_yaml(
                           cluster=cluster) + extra
 
 
+# free_port draws from below Linux's ephemeral range (32768-60999), so no outgoing
+# connection takes a port between the draw and the daemon's listen, and each pytest-xdist
+# worker draws from its own share, so two tests running at once never get the same port.
+PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A local port that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A local port that nothing listens on right now, never handed out before by this
+    process, and never one that another worker of the same run hands out."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = PORTS[worker::workers]
+    for port in random.sample(share, len(share)):
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free port left among {len(share)}")
 
 
 def http_status(url: str, token: str | None = None, timeout: float = 5.0) -> int:
