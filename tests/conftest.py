@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.cluster import Cluster, ClusterStartError, start_cluster
+
+# A pytest-xdist worker starts with COLUMNS=80 and LINES=24 in its environment. Rich fixes a
+# console's width from COLUMNS when the console is made (nbtether.cli's, at import), which
+# would override the width each CLI test gives its command: drop them, as a plain run has.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")
