@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from nbtether.backends import sge_text
+from nbtether.cli import app
 from tests.cluster import Cluster, wait_for
 
 # The schedulers of the mini-cluster. `@BOTH_SCHEDULERS` runs a test's `daemon` against each:
@@ -42,6 +44,9 @@ environment:
 restart:
   handover: {handover}
 """
+
+
+_CLI = CliRunner()
 
 
 def session_yaml(
@@ -205,9 +210,13 @@ class Daemon:
         (self.sessions / f"{name}.yaml").unlink()
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """`nbtether status --json`, by session name (exit 4, no daemon yet, is an answer)."""
-        result = self.nbtether("status", "--json")
-        assert result.returncode in (0, 4), result.stderr
+        """`nbtether status --json`, by session name (exit 4, no daemon yet, is an answer).
+
+        It runs in this process: waits look several times a second, and a new Python
+        process for each look would keep a core busy, starving the daemons and jobs of
+        tests that run at the same time. `nbtether` runs the command as a user does."""
+        result = _CLI.invoke(app, ["status", "--json"], env=self.env)
+        assert result.exit_code in (0, 4), f"{result.output}{result.exception!r}"
         return {row["name"]: row for row in json.loads(result.stdout)["sessions"]}
 
     def wait_phase(self, name: str, phase: str, timeout: float = 120) -> dict[str, Any]:
