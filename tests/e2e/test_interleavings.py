@@ -25,7 +25,9 @@ def _memory(daemon: Daemon, job_id: str) -> str:
 
 def test_frozen_through_a_handover_serves_again_and_hands_over_again(daemon: Daemon) -> None:
     """SIGSTOP from the successor's submission until both jobs ran out of time, then SIGCONT:
-    a new job serves the same URL within 60 s and gets its own handover before its end."""
+    a new job serves the same URL within 60 s and gets its own handover before its end (a
+    successor submitted for it, the session in `handover`), with no word of the ended
+    successor."""
     port = free_port()
     daemon.drop("frozen", session_yaml(port, time="00:02:00", handover="60s"))
     first = daemon.wait_phase("frozen", "ready", timeout=120)
@@ -51,10 +53,23 @@ def test_frozen_through_a_handover_serves_again_and_hands_over_again(daemon: Dae
     assert row["url"] == first["url"]
     assert http_status(f"http://127.0.0.1:{port}/api/status", token_of(first)) == 200
     third = str(row["job_id"])
-    wait_for(lambda: str(daemon.status()["frozen"]["job_id"]) != third, timeout=150,
-             interval=0.5, message="the new job's own handover")
-    assert dict(daemon.submitted_jobs("frozen"))[third].startswith("CANCELLED")
-    assert daemon.status()["frozen"]["url"] == first["url"]
+    record_path = daemon.state / "sessions" / "frozen.json"
+    assert json.loads(record_path.read_text())["successor_id"] not in both
+
+    def handing_over() -> str | None:
+        row = daemon.status()["frozen"]
+        successor = json.loads(record_path.read_text())["successor_id"]
+        if (row["phase"], str(row["job_id"])) != ("handover", third) or successor is None:
+            return None
+        return str(successor)
+
+    successor = wait_for(handing_over, timeout=120, interval=0.5,
+                         message="the new job's own handover")
+    assert successor not in both and successor in _active_ids(daemon)
+    row = daemon.status()["frozen"]
+    assert row["url"] == first["url"]
+    for said in (str(row["message"]), daemon.log.read_text()):
+        assert "successor job ended" not in said
 
 
 def test_killed_after_sbatch_then_edited_replaces_the_adopted_job(daemon: Daemon) -> None:
