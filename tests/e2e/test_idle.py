@@ -27,7 +27,8 @@ from tests.cluster import wait_for
 from tests.e2e.harness import Daemon, free_port, http_status, session_yaml, token_of
 from tests.e2e.test_handover import CHROMIUM
 
-pytestmark = pytest.mark.e2e
+# It fills every CPU of both nodes with another user's jobs for a while.
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster_wide]
 
 IDLE_STOP = "1m"
 
