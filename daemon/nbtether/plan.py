@@ -166,11 +166,13 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     record.app = spec.jupyter.app
     out = Plan(record)
     if seen.port_error:
-        # Until the port is ours nothing else happens: no URL, no job changes.
+        # Until the port is ours nothing else happens: no URL, no job changes. A job the
+        # record lacks is still taken in (or cancelled), so that none is left unknown.
         record.local_port = spec.local_port
         record.phase = "failed"
         record.message = f"{seen.port_error}; trying again every {int(RECHECK)} s " \
             "and whenever the file changes"
+        _take_strays(record, seen, out)
         out.requeue_after = RECHECK
         return out
     if seen.listening != spec.local_port:
@@ -213,24 +215,7 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
 
     if record.asleep:
         return _asleep(spec, record, seen, out)
-    job = seen.job
-    # A job stopped for idleness may still be ending: cancelled again, never adopted back.
-    known = {record.job_id, record.successor_id, record.stopped_job_id}
-    strays = [stray for stray in seen.strays if stray.job_id not in known]
-    strays += [stray for stray in seen.strays if stray.job_id == record.stopped_job_id]
-    adoptable = [stray for stray in strays if stray.job_id != record.stopped_job_id]
-    if adoptable and not _active(job) and record.successor_id is None:
-        # A job we submitted but never recorded (the daemon died right after sbatch): adopt
-        # the newest instead of submitting another. Its own comment says what shape it has;
-        # where the scheduler keeps no comment, it has the shape the record meant to submit.
-        newest = max(adoptable, key=lambda stray: int(stray.job_id))
-        strays.remove(newest)
-        record.job_id, record.endpoint = newest.job_id, None
-        record.fingerprint = newest.fingerprint or record.fingerprint
-        record.submitted_at = None
-        job = newest
-    if strays:
-        out.actions.append(Cancel(tuple(stray.job_id for stray in strays)))
+    job = _take_strays(record, seen, out)
 
     if record.given_up_on is not None and not _active(job):
         if record.given_up_on == attempt_key(spec, seen):
@@ -254,6 +239,31 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     if job is None or job.kind is JobState.ENDED:
         return _after_end(spec, record, job, seen, fingerprint, now, out, saved=changed)
     return _follow_job(spec, record, job, seen, fingerprint, now, out)
+
+
+def _take_strays(record: Record, seen: Seen, out: Plan) -> JobInfo | None:
+    """Adopt the newest job of the session that the record lacks and cancel the others;
+    returns the record's job."""
+    job = seen.job
+    # A job stopped for idleness may still be ending: cancelled again, never adopted back.
+    known = {record.job_id, record.successor_id, record.stopped_job_id}
+    strays = [stray for stray in seen.strays if stray.job_id not in known]
+    strays += [stray for stray in seen.strays if stray.job_id == record.stopped_job_id]
+    adoptable = [stray for stray in strays if stray.job_id != record.stopped_job_id]
+    if adoptable and not _active(job) and record.successor_id is None and not record.asleep:
+        # A job we submitted but never recorded (the daemon died, or the connection dropped,
+        # right after sbatch): adopt the newest instead of submitting another. Its own
+        # comment says what shape it has; where the scheduler keeps no comment, it has the
+        # shape the record meant to submit.
+        newest = max(adoptable, key=lambda stray: int(stray.job_id))
+        strays.remove(newest)
+        record.job_id, record.endpoint = newest.job_id, None
+        record.fingerprint = newest.fingerprint or record.fingerprint
+        record.submitted_at = None
+        job = newest
+    if strays:
+        out.actions.append(Cancel(tuple(stray.job_id for stray in strays)))
+    return job
 
 
 def _asleep(spec: SessionSpec, record: Record, seen: Seen, out: Plan) -> Plan:

@@ -52,6 +52,19 @@ CASES = {
                    ("wait", 48, 5), ("break", 206, 5), ("create", 247, 5),
                    ("controller_up", 373, 20), ("break", 109, 1), ("wait", 891, 300),
                    ("edit", 28, 60), ("wait", 925, 1200))),
+    5268: ("the checker counted a stale route across steps that did not check it (the "
+           "port was shared for a while), and reported a route fixed long before",
+           _events(("create", 851, 1200), ("kill", 294, 20), ("create", 751, 5),
+                   ("start", 126, 300), ("controller_down", 643, 60), ("preempt", 528, 1),
+                   ("delete", 946, 5))),
+    5299: ("a job submitted as the connection dropped stayed unknown to its record for ever "
+           "once the file moved to a busy port",
+           _events(("create", 564, 60), ("controller_up", 528, 20), ("create", 184, 20),
+                   ("edit", 54, 5), ("wait", 782, 20), ("move_port", 363, 1),
+                   ("wait", 604, 60), ("delete", 145, 60), ("sleep", 781, 20),
+                   ("create", 404, 1200), ("controller_up", 440, 1), ("grab_port", 730, 1),
+                   ("node_fail", 495, 20), ("grab_port", 112, 20), ("drop", 993, 1),
+                   ("create", 122, 300))),
 }
 
 

@@ -185,6 +185,7 @@ class World:
         self.disturbed_at = 0.0  # healthy time at the last disturbance of the whole world
         self.healthy_time = 0.0  # virtual seconds with the daemon up and the cluster healthy
         self._bad_since: dict[tuple[str, str], float] = {}
+        self._looked_at: set[tuple[str, str]] = set()  # conditions checked in this step
         self._checked_submissions = 0
         self._mtime = 0
 
@@ -502,7 +503,9 @@ class World:
         raise InvariantBroken(f"{what} (at {self.now():.1f}s virtual)")
 
     def _must_not_last(self, key: tuple[str, str], bad: bool, limit: float, what: str) -> None:
-        """A condition may be bad for a while (events take time), not for `limit` healthy s."""
+        """A condition may be bad for a while (events take time), not for `limit` healthy s
+        in a row: a step that does not check it (it no longer applies) ends the count."""
+        self._looked_at.add(key)
         if not bad:
             self._bad_since.pop(key, None)
             return
@@ -517,8 +520,11 @@ class World:
         records = self.records()
         self._check_submissions()
         self._check_squeue_budget()
+        self._looked_at.clear()
         for name, truth in self.truth.items():
             self._check_session(name, truth, records.get(name))
+        for key in set(self._bad_since) - self._looked_at:
+            del self._bad_since[key]
 
     def _check_submissions(self) -> None:
         for at, job in self.cluster.submissions[self._checked_submissions:]:
@@ -570,7 +576,6 @@ class World:
             self._must_not_last((name, "deleted"), bool(live), SETTLE,
                                 f"{name} was deleted but jobs {sorted(ids)} remain")
             return
-        self._bad_since.pop((name, "deleted"), None)
         if record is not None and record.phase in ("ready", "handover"):
             truth.wants = False  # the page became the notebook
         self._check_idle(name, truth, record, live)

@@ -372,6 +372,19 @@ def test_port_move_to_a_busy_port_changes_no_job() -> None:
     assert second.record.fingerprint == SPEC.job_fingerprint()
 
 
+def test_a_job_the_record_lacks_is_taken_in_while_the_port_is_busy() -> None:
+    """sbatch ran but its answer was lost, then the port became busy: the newest such job
+    becomes the record's, the others are cancelled, and none is left unknown."""
+    strays = (job("PENDING", "101", fingerprint=SPEC.job_fingerprint()),
+              job("PENDING", "102", fingerprint=SPEC.job_fingerprint()))
+    busy = seen(listening=None, port_error="local_port: 127.0.0.1:8888 is held by vim (pid 7)",
+                strays=strays)
+    outcome = plan(SPEC, make_record(), busy, NOW)
+    assert outcome.actions == [Cancel(("101",))]
+    assert outcome.record is not None and outcome.record.job_id == "102"
+    assert outcome.record.phase == "failed" and outcome.record.url is None
+
+
 def test_busy_port_shows_no_url_and_says_when_it_is_retried() -> None:
     """A session whose port another program holds is failed, shows no URL, names the holder
     and says that it is tried again."""
