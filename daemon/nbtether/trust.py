@@ -31,11 +31,15 @@ def check_directory(path: Path, home: Path | None = None) -> None:
     A directory that does not exist yet is fine (it will be created 0700); its existing
     parents are still checked. Outside the home directory the parents are checked up to /.
     """
-    home = (home or Path.home()).resolve()
-    target = path.expanduser().resolve()
-    for directory in (target, *target.parents):
+    # os.path rather than pathlib: the daemon checks this on every pass over a session.
+    top = os.path.realpath(home or os.path.expanduser("~"))
+    target = os.path.realpath(os.path.expanduser(path))
+    chain = [target]  # the directory, then each parent up to /
+    while (parent := os.path.dirname(chain[-1])) != chain[-1]:
+        chain.append(parent)
+    for directory in chain:
         try:
-            st = directory.stat()
+            st = os.stat(directory)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -49,7 +53,7 @@ def check_directory(path: Path, home: Path | None = None) -> None:
                 f"{directory} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
                 f"run chmod go-w {directory}"
             )
-        if directory == home:
+        if directory == top:
             return
 
 

@@ -1,7 +1,8 @@
 """Bugs the simulation found, each kept as the minimal scenario it was shrunk to.
 
-Every case replays its events under its seed and must keep every invariant; before the
-fix named in its docstring, each of them broke one.
+Most were the daemon's; a few were the checker's own, invariants that held but were
+reported broken. Every case replays its events under its seed and must keep every
+invariant; before the fix of what its entry names, each of them broke one.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ CASES = {
                    ("create", 404, 1200), ("controller_up", 440, 1), ("grab_port", 730, 1),
                    ("node_fail", 495, 20), ("grab_port", 112, 20), ("drop", 993, 1),
                    ("create", 122, 300))),
+    6157: ("the checker let a file that conflicts with another session give up the port it "
+           "had, where the daemon keeps it for it (an invalid file changes nothing)",
+           _events(("create", 697, 300), ("move_port", 913, 60), ("break", 37, 60),
+                   ("create", 471, 5), ("kill", 178, 20), ("create", 860, 20),
+                   ("start", 463, 20), ("create", 247, 20), ("login_up", 635, 1200))),
+    6287: ("the checker missed a record forgotten mid-step (a file deleted and written again "
+           "within a second) and took the new session's token for a changed one",
+           _events(("wait", 171, 5), ("wait", 159, 300), ("preempt", 977, 300),
+                   ("start", 89, 20), ("create", 241, 1), ("scancel", 278, 60),
+                   ("edit", 251, 20), ("start", 827, 1), ("create", 870, 60),
+                   ("delete", 675, 1), ("create", 477, 300))),
 }
 
 

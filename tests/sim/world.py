@@ -117,12 +117,26 @@ class SimTunnel:
             del self.world.ports[self.port]
 
 
+class SimStore(StateStore):
+    """The daemon's state files, telling the world when a session is forgotten: from then
+    on a file of that name is a new session, with a new token."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world.settings.state_dir)
+        self.world = world
+
+    def delete(self, name: str) -> None:
+        super().delete(name)
+        self.world.truth[name].token = None
+
+
 class SimDaemon(Daemon):
     """The real daemon with the SSH link, the listeners and the probe simulated."""
 
     def __init__(self, world: World, settings: Settings) -> None:
         super().__init__(settings, clock=world.wall)
         self.world = world
+        self.store = SimStore(world)
 
     def _make_backend(self, name: str, config: ClusterConfig,
                       wake: Callable[[set[str] | None], None]) -> Backend:
@@ -142,7 +156,7 @@ class SessionTruth:
     content: str | None = None  # None: no file
     spec: SessionSpec | InvalidSpec | None = None
     alone: SessionSpec | None = None  # the file as it validates on its own
-    kept_port: int | None = None  # the port of its last valid version
+    kept_port: int | None = None  # the port of its last version valid among the others
     written_at: float = 0.0
     history: list[tuple[float, str | None]] = field(default_factory=list)  # (time, fingerprint)
     token: str | None = None
@@ -265,14 +279,15 @@ class World:
             os.utime(path, ns=(stamp, stamp))
         truth.content, truth.written_at = content, self.healthy_time
         alone = check_files([path], [CLUSTER]).get(path) if content is not None else None
-        if isinstance(alone, SessionSpec) or content is None:
-            truth.kept_port = alone.local_port if alone else None
         truth.alone = alone if isinstance(alone, SessionSpec) else None
         fingerprint = alone.job_fingerprint() if isinstance(alone, SessionSpec) else None
         truth.history.append((self.now(), fingerprint))  # valid alone: ports are shared later
         specs = load_sessions(self.settings.sessions_dir, [CLUSTER])
         for other, its in self.truth.items():
             its.spec = specs.get(other)
+            if isinstance(its.spec, SessionSpec) or its.content is None:
+                # An invalid file keeps the port it had, whatever port it asks for now.
+                its.kept_port = its.spec.local_port if its.spec else None
         if self.daemon is not None:
             queue = self.daemon.queue
             self.loop.call_later(self.rng.uniform(0.05, 0.4), queue.add, name)  # watchfiles
@@ -572,7 +587,6 @@ class World:
         self._must_not_last((name, "port kept"), truth.content is None and listening, SETTLE,
                             f"{name} was deleted but its port still listens")
         if truth.content is None:
-            truth.token = None if record is None else truth.token
             self._must_not_last((name, "deleted"), bool(live), SETTLE,
                                 f"{name} was deleted but jobs {sorted(ids)} remain")
             return
@@ -644,8 +658,8 @@ class World:
         return truth.history[-1][0] if truth.history else 0.0
 
     def _port_shared(self, name: str, spec: SessionSpec) -> bool:
-        def holds(other: SessionTruth) -> bool:  # its file says so, or it kept it when broken
-            port = other.alone.local_port if other.alone else other.kept_port
-            return other.content is not None and port == spec.local_port
+        def holds(other: SessionTruth) -> bool:  # its file asks for it, or it kept it
+            asked = other.alone.local_port if other.alone else None
+            return other.content is not None and spec.local_port in (asked, other.kept_port)
 
         return any(holds(other) for other_name, other in self.truth.items() if other_name != name)
