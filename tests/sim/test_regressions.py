@@ -77,6 +77,17 @@ CASES = {
                    ("start", 89, 20), ("create", 241, 1), ("scancel", 278, 60),
                    ("edit", 251, 20), ("start", 827, 1), ("create", 870, 60),
                    ("delete", 675, 1), ("create", 477, 300))),
+    6542: ("the checker expected a port swap written while the daemon was down to take "
+           "effect although one of the two files was then broken: the daemon keeps the port "
+           "the broken file's record served",
+           _events(("create", 689, 300), ("scancel", 792, 5), ("create", 40, 20),
+                   ("wait", 439, 20), ("create", 973, 60), ("kill", 687, 20),
+                   ("create", 968, 5), ("break", 724, 1), ("start", 78, 60),
+                   ("controller_up", 927, 1200))),
+    6917: ("the checker took a save one second after an outside scancel for a retry, though "
+           "the daemon could not yet know of the cancel",
+           _events(("create", 678, 300), ("scancel", 641, 1), ("touch", 618, 5),
+                   ("drop", 116, 1200))),
 }
 
 

@@ -45,6 +45,7 @@ NAMES = ("alpha", "beta", "gamma")
 PORTS = (8801, 8802, 8803, 8804)
 CALM = 900.0  # healthy seconds after which a valid, unchanged session must be ready
 SETTLE = 150.0  # healthy seconds within which duplicates, orphans and stale routes go away
+NOTICE = 60.0  # a job's end is seen by the next look at squeue, at most a poll interval later
 SUBMIT_WINDOW = 30.0  # a submission follows the file version the daemon read this recently
 SQUEUE_BUDGET = 6  # squeue calls in any 60 s, whatever happens (restarts included)
 SQUEUE_BUDGET_PER_LIFE = 2  # within one daemon process, MIN_POLL_GAP keeps them 40 s apart
@@ -282,11 +283,14 @@ class World:
         truth.alone = alone if isinstance(alone, SessionSpec) else None
         fingerprint = alone.job_fingerprint() if isinstance(alone, SessionSpec) else None
         truth.history.append((self.now(), fingerprint))  # valid alone: ports are shared later
-        specs = load_sessions(self.settings.sessions_dir, [CLUSTER])
+        # As the daemon does: a session keeps its port while its file exists (an invalid
+        # file changes nothing), so a file asking for a port another session has is invalid.
+        holders = {its.kept_port: other for other, its in self.truth.items()
+                   if its.kept_port is not None and its.content is not None}
+        specs = load_sessions(self.settings.sessions_dir, [CLUSTER], holders)
         for other, its in self.truth.items():
             its.spec = specs.get(other)
             if isinstance(its.spec, SessionSpec) or its.content is None:
-                # An invalid file keeps the port it had, whatever port it asks for now.
                 its.kept_port = its.spec.local_port if its.spec else None
         if self.daemon is not None:
             queue = self.daemon.queue
@@ -625,8 +629,10 @@ class World:
                          *(other.written_at for other in self.truth.values()))
         if self.healthy_time - calm_since < CALM or not self._healthy():
             return
-        if truth.troubled_at >= 0 and truth.troubled_at >= self._written_time(truth):
-            return  # Jupyter crashed or someone cancelled: backing off or failed is right
+        if truth.troubled_at >= 0 and truth.troubled_at + NOTICE >= self._written_time(truth):
+            # Jupyter crashed or someone cancelled: backing off or failed is right, unless
+            # the file was saved once the daemon could know (saving it retries, then).
+            return
         if self.ports.get(spec.local_port) == "other" or self._port_shared(name, spec):
             return
         tunnels = self.daemon.reconciler.tunnels if self.daemon and self.daemon.reconciler \
@@ -658,8 +664,18 @@ class World:
         return truth.history[-1][0] if truth.history else 0.0
 
     def _port_shared(self, name: str, spec: SessionSpec) -> bool:
-        def holds(other: SessionTruth) -> bool:  # its file asks for it, or it kept it
-            asked = other.alone.local_port if other.alone else None
-            return other.content is not None and spec.local_port in (asked, other.kept_port)
+        records = self.records()
 
-        return any(holds(other) for other_name, other in self.truth.items() if other_name != name)
+        def holds(other_name: str, other: SessionTruth) -> bool:
+            # Its file asks for the port, or it kept the port: the one it was last valid on
+            # here, or the one its record serves while its file is invalid (what the daemon
+            # saw of the file may be older than what the world wrote while it was down).
+            asked = other.alone.local_port if other.alone else None
+            record = records.get(other_name)
+            served = record.local_port if record and not isinstance(other.spec, SessionSpec) \
+                else None
+            return other.content is not None and \
+                spec.local_port in (asked, other.kept_port, served)
+
+        return any(holds(other_name, other) for other_name, other in self.truth.items()
+                   if other_name != name)
