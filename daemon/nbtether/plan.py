@@ -142,8 +142,17 @@ def plan(spec: Spec | None, record: Record | None, seen: Seen, now: datetime) ->
     record = record.model_copy()  # its fields are immutable values
     if isinstance(spec, InvalidSpec):
         record.phase, record.message = "invalid", spec.reason
-        return Plan(record)
+        return Plan(record, _retry_login(record, seen))
     return _plan_session(spec, record, seen, now)
+
+
+def _retry_login(record: Record, seen: Seen) -> list[Action]:
+    """Any change to the session file, whatever it now says (or its removal), retries a
+    login that needs a person: they may have fixed it, and the docs say to touch the file."""
+    if not seen.blocked or record.file_version in (None, seen.file_version):
+        return []
+    record.file_version = seen.file_version
+    return [Reconnect()]
 
 
 def _plan_removal(record: Record, seen: Seen) -> Plan:
@@ -151,6 +160,7 @@ def _plan_removal(record: Record, seen: Seen) -> Plan:
     record.phase = "stopping"
     actions: list[Action] = [Unlisten()] if seen.listening is not None else []
     if seen.problem:
+        actions += _retry_login(record, seen)
         record.message = f"waiting for the cluster to cancel the job: {seen.problem}"
         return Plan(record, actions, RECHECK)
     jobs = list(dict.fromkeys(job.job_id for job in (seen.job, seen.successor, *seen.strays)
@@ -204,9 +214,7 @@ def _plan_session(spec: SessionSpec, record: Record, seen: Seen, now: datetime) 
     if seen.problem:
         if seen.blocked:
             record.phase = "failed"  # the URL cannot work until a person fixes the login
-            if changed:
-                out.actions.append(Reconnect())
-                record.file_version = seen.file_version
+            out.actions += _retry_login(record, seen)
         record.message = f"cluster unreachable: {seen.problem}"
         out.requeue_after = RECHECK
         return out

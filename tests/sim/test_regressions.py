@@ -88,6 +88,11 @@ CASES = {
            "the daemon could not yet know of the cancel",
            _events(("create", 678, 300), ("scancel", 641, 1), ("touch", 618, 5),
                    ("drop", 116, 1200))),
+    7231: ("a deleted session's job was never cancelled once the host key was put right: "
+           "the file touched to retry the login was invalid, and only a valid file's save "
+           "logged in again",
+           _events(("create", 108, 20), ("host_key", 363, 20), ("break", 411, 20),
+                   ("host_key", 212, 60), ("delete", 600, 20), ("login_up", 412, 300))),
 }
 
 

@@ -468,6 +468,22 @@ def test_touching_the_file_retries_a_refused_login() -> None:
     assert touched.actions == [Reconnect()]
 
 
+def test_touching_an_invalid_file_or_deleting_it_retries_a_refused_login_once() -> None:
+    """A save of a file that is invalid, or its removal, also logs in again, once; then
+    the removal waits for the cluster to cancel the job."""
+    record = make_record(job_id="100", phase="failed", file_version="1")
+    blocked = seen(problem="host key of hpc has changed", blocked=True, file_version="2")
+    broken = plan(InvalidSpec("local_port: bad"), record, blocked, NOW)
+    assert broken.actions == [Reconnect()]
+    assert broken.record is not None
+    assert plan(InvalidSpec("local_port: bad"), broken.record, blocked, NOW).actions == []
+    gone = replace(blocked, file_version="", listening=None)
+    removal = plan(None, record, gone, NOW)
+    assert removal.actions == [Reconnect()]
+    assert removal.record is not None and removal.record.phase == "stopping"
+    assert plan(None, removal.record, gone, NOW).actions == []
+
+
 def test_failed_session_is_reconsidered_when_its_file_changes() -> None:
     """A session that gave up on a cancelled job starts a new one once its file is saved."""
     record = make_record(job_id="100", phase="failed", file_version="1",
