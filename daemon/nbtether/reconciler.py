@@ -38,7 +38,7 @@ from nbtether.plan import (
     plan,
 )
 from nbtether.portpage import Waiting
-from nbtether.spec import SUFFIXES, SessionSpec, Spec, load_sessions, session_files
+from nbtether.spec import SUFFIXES, InvalidSpec, SessionSpec, Spec, load_sessions, session_files
 from nbtether.state import Record, StateStore
 from nbtether.tunnel import Answer, Opener, Tunnel, jupyter_activity, port_holder, probe
 
@@ -118,6 +118,8 @@ class Reconciler:
         record = before.model_copy()
         if isinstance(spec, SessionSpec):
             record.cluster = spec.cluster
+        elif isinstance(spec, InvalidSpec) and spec.cluster and not record.cluster:
+            record.cluster = spec.cluster  # so that saving it retries a refused login
         backend = self.backends.get(record.cluster)
         outcome = Plan(record)
         watch_idle = isinstance(spec, SessionSpec) and spec.idle_stop is not None

@@ -240,9 +240,11 @@ def _names_a_field(key: str) -> bool:
 
 @dataclass(frozen=True)
 class InvalidSpec:
-    """A session file that does not validate; `reason` names the field, on one line."""
+    """A session file that does not validate; `reason` names the field, on one line.
+    `cluster` is the file's cluster when it is valid on its own but not among the others."""
 
     reason: str
+    cluster: str | None = None
 
 
 Spec = SessionSpec | InvalidSpec
@@ -436,7 +438,7 @@ def check_files(
             spec = InvalidSpec(f"cluster: unknown cluster {spec.cluster!r} ({where}); "
                                "add it under `clusters:` in the config")
         elif isinstance(spec, SessionSpec) and refuse and (why := refuse(spec)):
-            spec = InvalidSpec(why)
+            spec = InvalidSpec(why, spec.cluster)
         specs[path] = spec
     return _reject_shared_ports(specs, port_holders or {})
 
@@ -485,6 +487,7 @@ def _reject_shared_ports(
         first = owner.setdefault(spec.local_port, name)
         if first != name:
             specs[path] = InvalidSpec(
-                f"local_port: {spec.local_port} is already used by session {first!r}"
+                f"local_port: {spec.local_port} is already used by session {first!r}",
+                spec.cluster,
             )
     return specs

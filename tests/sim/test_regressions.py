@@ -93,6 +93,16 @@ CASES = {
            "logged in again",
            _events(("create", 108, 20), ("host_key", 363, 20), ("break", 411, 20),
                    ("host_key", 212, 60), ("delete", 600, 20), ("login_up", 412, 300))),
+    7818: ("a save that retried a refused login was taken as the version already planned "
+           "on, so a job cancelled outside nbtether before it was not started again",
+           _events(("create", 542, 5), ("controller_down", 512, 5), ("delete", 755, 300),
+                   ("create", 755, 300), ("scancel", 851, 60), ("host_key", 811, 60),
+                   ("controller_up", 744, 1), ("host_key", 256, 1200))),
+    7607: ("a deleted session's job stayed after the host key was put right: the file "
+           "touched to retry was invalid for its port, so the daemon did not know its cluster",
+           _events(("create", 458, 20), ("create", 678, 20), ("create", 25, 5),
+                   ("host_key", 375, 20), ("delete", 961, 1), ("host_key", 226, 20),
+                   ("use", 601, 60), ("wait", 510, 20), ("move_port", 403, 60))),
 }
 
 

@@ -134,7 +134,7 @@ CASES = [
      make_record(phase="failed", given_up_on=f"{SPEC.job_fingerprint()}@1"),
      seen(file_version="2"), [Route(None), Submit()], "pending"),
     ("a refused login fails the session but keeps its job", SPEC,
-     make_record(job_id="100", phase="ready"),
+     make_record(job_id="100", phase="ready", file_version=""),
      seen(problem="host key of hpc is unknown", blocked=True, routed=EP), [], "failed"),
     ("a notebook that answers without the token is cancelled, never served", SPEC,
      make_record(job_id="100"), seen(job=job("RUNNING", node="c1"), endpoint=EP,

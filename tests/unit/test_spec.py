@@ -150,13 +150,16 @@ def test_only_yaml_files_are_sessions(tmp_path: Path) -> None:
 
 def test_a_session_whose_file_is_invalid_keeps_the_port_it_serves(tmp_path: Path) -> None:
     """An invalid file (broken, or asking for a taken port) keeps its session's port, and
-    a file asking for that port is the one marked invalid."""
+    a file asking for that port is the one marked invalid (and still names its cluster)."""
     (tmp_path / "gamma.yaml").write_text("local_port: [8801\n")
     (tmp_path / "alpha.yaml").write_text("cluster: hpc\nlocal_port: 8801\n")
     (tmp_path / "beta.yaml").write_text("cluster: hpc\nlocal_port: 8803\n")
     specs = load_sessions(tmp_path, ["hpc"], port_holders={8801: "gamma", 8803: "alpha"})
-    assert specs["alpha"] == InvalidSpec("local_port: 8801 is already used by session 'gamma'")
-    assert specs["beta"] == InvalidSpec("local_port: 8803 is already used by session 'alpha'")
+    assert specs["alpha"] == InvalidSpec("local_port: 8801 is already used by session 'gamma'",
+                                         "hpc")
+    assert specs["beta"] == InvalidSpec("local_port: 8803 is already used by session 'alpha'",
+                                        "hpc")
+    assert specs["gamma"] == InvalidSpec(specs["gamma"].reason)  # no cluster read from it
 
 
 SECRET = "hunter2-not-for-anyone"
