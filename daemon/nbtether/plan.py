@@ -149,7 +149,12 @@ def plan(spec: Spec | None, record: Record | None, seen: Seen, now: datetime) ->
 def _retry_login(record: Record, seen: Seen) -> list[Action]:
     """Any change to the session file, whatever it now says (or its removal), retries a
     login that needs a person: they may have fixed it, and the docs say to touch the file."""
-    if not seen.blocked or seen.file_version in (record.file_version, record.login_retried_for):
+    if not seen.blocked:
+        return []
+    if record.file_version is None and record.login_retried_for is None:
+        record.login_retried_for = seen.file_version  # a new session: nothing was saved since
+        return []
+    if seen.file_version in (record.file_version, record.login_retried_for):
         return []
     # Not noted as the file version planned on: a save made after a job was cancelled
     # must still count once the cluster can be seen.

@@ -54,7 +54,7 @@ class Record(BaseModel):
     ends_at: datetime | None = None  # walltime end of `job_id`
     given_up_on: str | None = None  # the attempt (plan.attempt_key) that failed for good
     file_version: str | None = None  # of the session file when last planned
-    login_retried_for: str | None = None  # the file version whose save last retried a login
+    login_retried_for: str | None = None  # the file version that last retried a login
     replaced_at: datetime | None = None  # a successor took over: the kernel was replaced
     starts_at: datetime | None = None  # the scheduler's estimated start of a queued `job_id`
     ready_since: datetime | None = None  # when `job_id` first answered: idle time counts from it

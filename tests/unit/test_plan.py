@@ -134,7 +134,7 @@ CASES = [
      make_record(phase="failed", given_up_on=f"{SPEC.job_fingerprint()}@1"),
      seen(file_version="2"), [Route(None), Submit()], "pending"),
     ("a refused login fails the session but keeps its job", SPEC,
-     make_record(job_id="100", phase="ready", file_version=""),
+     make_record(job_id="100", phase="ready"),
      seen(problem="host key of hpc is unknown", blocked=True, routed=EP), [], "failed"),
     ("a notebook that answers without the token is cancelled, never served", SPEC,
      make_record(job_id="100"), seen(job=job("RUNNING", node="c1"), endpoint=EP,
@@ -482,6 +482,17 @@ def test_touching_an_invalid_file_or_deleting_it_retries_a_refused_login_once() 
     assert removal.actions == [Reconnect()]
     assert removal.record is not None and removal.record.phase == "stopping"
     assert plan(None, removal.record, gone, NOW).actions == []
+
+
+def test_a_new_session_on_a_refused_cluster_does_not_log_in_again_until_saved() -> None:
+    """A file never planned on meets a refused login: no retry (nothing was fixed), but
+    saving it later retries."""
+    blocked = seen(problem="host key of hpc has changed", blocked=True, file_version="1")
+    first = plan(SPEC, make_record(), blocked, NOW)
+    assert first.actions == []
+    assert first.record is not None
+    saved = plan(SPEC, first.record, replace(blocked, file_version="2"), NOW)
+    assert saved.actions == [Reconnect()]
 
 
 def test_failed_session_is_reconsidered_when_its_file_changes() -> None:
