@@ -66,6 +66,14 @@ class Route:
 
 
 @dataclass(frozen=True)
+class CarryKernels:
+    """Start the kernels of the notebooks open on `old` on `new`, under the same ids."""
+
+    old: Endpoint
+    new: Endpoint
+
+
+@dataclass(frozen=True)
 class Unlisten:
     """Close the session's port."""
 
@@ -80,7 +88,7 @@ class Reconnect:
     """Log in to the cluster again now: a person may have fixed what blocked the login."""
 
 
-Action = Submit | Cancel | Listen | Route | Unlisten | Forget | Reconnect
+Action = Submit | Cancel | Listen | CarryKernels | Route | Unlisten | Forget | Reconnect
 
 
 @dataclass(frozen=True)
@@ -572,9 +580,14 @@ def _successor_ready(seen: Seen) -> bool:
 
 
 def _switch(record: Record, seen: Seen, now: datetime, out: Plan, cancel: bool = True) -> Plan:
-    """Route to the successor, then end the old job (unless it ended); its kernel goes too."""
-    old = record.job_id
-    out.actions.append(Route(seen.successor_endpoint))
+    """Route to the successor, then end the old job (unless it ended); its kernel goes too.
+
+    While the old server still answers, the notebooks open on it get their kernel ids on
+    the successor first, so their pages reconnect to a kernel there."""
+    old, new = record.job_id, seen.successor_endpoint
+    if cancel and seen.answering and record.endpoint is not None and new is not None:
+        out.actions.append(CarryKernels(record.endpoint, new))
+    out.actions.append(Route(new))
     if cancel and old:
         out.actions.append(Cancel((old,)))
     record.job_id, record.successor_id = record.successor_id, None

@@ -23,9 +23,11 @@ from nbtether.clock import Clock, system_clock
 from nbtether.config import Settings
 from nbtether.errors import LoginRequired, NbtetherError, PermanentError
 from nbtether.jobs import Endpoint
+from nbtether.jupyter_api import Opener, carry_kernels
 from nbtether.plan import (
     Activity,
     Cancel,
+    CarryKernels,
     Forget,
     Listen,
     Plan,
@@ -40,7 +42,7 @@ from nbtether.plan import (
 from nbtether.portpage import Waiting
 from nbtether.spec import SUFFIXES, InvalidSpec, SessionSpec, Spec, load_sessions, session_files
 from nbtether.state import Record, StateStore
-from nbtether.tunnel import Answer, Opener, Tunnel, jupyter_activity, port_holder, probe
+from nbtether.tunnel import Answer, Tunnel, jupyter_activity, port_holder, probe
 
 log = structlog.get_logger(__name__)
 
@@ -224,6 +226,8 @@ class Reconciler:
                 case Listen(port):
                     if not await self._listen(name, port):
                         return False
+                case CarryKernels(old, new) if backend is not None and record is not None:
+                    await carry_kernels(backend.open_connection, old, new, record.token)
                 case Route(endpoint):
                     if tunnel := self.tunnels.get(name):
                         tunnel.point(endpoint)

@@ -13,7 +13,7 @@ import enum
 import json
 import os
 import resource
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,11 +21,11 @@ import structlog
 
 from nbtether import portpage
 from nbtether.jobs import Endpoint
+from nbtether.jupyter_api import Opener, request
 from nbtether.plan import Activity
 
 log = structlog.get_logger(__name__)
 
-Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 CHUNK = 256 * 1024
 HOLD_SECONDS = 30.0  # a connection that cannot be forwarded yet waits this long for a job
 HEAD_TIMEOUT = 10.0  # seconds a connection may take to send its request when no job answers
@@ -238,28 +238,10 @@ async def _get_status(
     opener: Opener, target: Endpoint, token: str | None, timeout: float
 ) -> tuple[int, str]:
     """The HTTP status and Location of `GET /api/status` (0 when nothing answers)."""
-    try:
-        reader, writer = await asyncio.wait_for(opener(target.address, target.port), timeout)
-    except Exception:  # unreachable, for whatever reason, is simply "not yet"
+    answer = await request(opener, target, "GET", "/api/status", token, timeout=timeout)
+    if answer is None:
         return 0, ""
-    auth = f"Authorization: token {token}\r\n" if token else ""
-    try:
-        writer.write(f"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}"
-                     "Connection: close\r\n\r\n".encode())
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
-    except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError):
-        return 0, ""
-    finally:
-        writer.close()
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        return 0, ""
-    location = next((line.split(":", 1)[1].strip() for line in lines[1:]
-                     if line.lower().startswith("location:")), "")
-    return int(parts[1]), location
+    return answer.status, answer.headers.get("location", "")
 
 
 async def jupyter_activity(
@@ -290,37 +272,19 @@ async def jupyter_activity(
 
 
 _NOT_FOUND = object()
-MAX_BODY = 1024 * 1024
 
 
 async def _get_json(
     opener: Opener, target: Endpoint, path: str, token: str, timeout: float
 ) -> object:
     """The parsed JSON body of a GET with the token; `_NOT_FOUND` for 404; None otherwise."""
-    try:
-        reader, writer = await asyncio.wait_for(opener(target.address, target.port), timeout)
-    except Exception:  # unreachable, for whatever reason: unknown
+    answer = await request(opener, target, "GET", path, token, timeout=timeout)
+    if answer is None or answer.status not in (200, 404):
         return None
-    try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     f"Authorization: token {token}\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(MAX_BODY), timeout)
-        while len(response) < MAX_BODY and (more := await asyncio.wait_for(
-                reader.read(MAX_BODY - len(response)), timeout)):
-            response += more
-    except (OSError, TimeoutError, ConnectionError):
-        return None
-    finally:
-        writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")
-    parts = head.split(b"\r\n", 1)[0].split()
-    if len(parts) < 2 or parts[1] not in (b"200", b"404"):
-        return None
-    if parts[1] == b"404":
+    if answer.status == 404:
         return _NOT_FOUND
     try:
-        return json.loads(body)
+        return json.loads(answer.body)
     except ValueError:
         return None
 

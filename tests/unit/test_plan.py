@@ -14,6 +14,7 @@ from nbtether.plan import (
     REPLACED_NOTICE,
     SWITCH_BEFORE,
     Cancel,
+    CarryKernels,
     Forget,
     Listen,
     Reconnect,
@@ -244,9 +245,10 @@ def test_waiting_successor_looks_again_exactly_at_the_switch_time() -> None:
 
 
 def test_handover_switches_a_few_seconds_before_the_walltime_end() -> None:
-    """At SWITCH_BEFORE before the end, the route moves first, then the old job is cancelled."""
+    """At SWITCH_BEFORE before the end, the open notebooks' kernels are started on the
+    successor, then the route moves, then the old job is cancelled."""
     outcome = plan(HANDOVER, in_handover(), both_running(SWITCH_BEFORE), NOW)
-    assert outcome.actions == [Route(EP2), Cancel(("100",))]
+    assert outcome.actions == [CarryKernels(EP, EP2), Route(EP2), Cancel(("100",))]
     assert outcome.record is not None
     assert (outcome.record.job_id, outcome.record.successor_id) == ("101", None)
     assert (outcome.record.phase, outcome.record.restarts) == ("ready", 1)

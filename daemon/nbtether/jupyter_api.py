@@ -1,0 +1,118 @@
+"""The few calls the daemon makes to a job's Jupyter server, over the cluster connection.
+
+HTTP/1.1 with `Connection: close`: one request per connection, the answer read until the
+server closes it. Jupyter's REST API answers small JSON bodies, so nothing more of HTTP is
+needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+
+from nbtether.jobs import Endpoint
+
+log = structlog.get_logger(__name__)
+
+Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+MAX_ANSWER = 1 << 20  # a list of sessions is a few kB; anything bigger is not Jupyter's
+CARRY_TIMEOUT = 4.0  # the switch waits this long at most for the successor's kernels
+
+
+class Response:
+    """A response: its status code, headers (lower-case names) and body."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+
+async def request(
+    opener: Opener, target: Endpoint, method: str, path: str, token: str | None = None,
+    body: Any = None, timeout: float = 10.0,
+) -> Response | None:
+    """Send one request to the server at `target`; None when it cannot be reached or
+    answers with something that is not HTTP. `body` is sent as JSON."""
+    try:
+        reader, writer = await asyncio.wait_for(opener(target.address, target.port), timeout)
+    except Exception:  # unreachable, for whatever reason: no answer
+        return None
+    data = b"" if body is None else json.dumps(body).encode()
+    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
+            f"Content-Length: {len(data)}"]
+    if token:
+        head.append(f"Authorization: token {token}")
+    if body is not None:
+        head.append("Content-Type: application/json")
+    try:
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        await writer.drain()
+        raw = b""
+        while len(raw) < MAX_ANSWER and (more := await asyncio.wait_for(reader.read(1 << 16),
+                                                                         timeout)):
+            raw += more
+    except (OSError, TimeoutError, ConnectionError):
+        return None
+    finally:
+        writer.close()
+    return _parse(raw)
+
+
+def _parse(raw: bytes) -> Response | None:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return None
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Response(int(parts[1]), headers, body)
+
+
+async def carry_kernels(opener: Opener, old: Endpoint, new: Endpoint, token: str) -> int:
+    """Give every notebook open on the old server a fresh kernel on the new one, under the
+    same kernel id; returns how many were carried.
+
+    An open page holds on to its kernel's id: after the switch it reconnects to that id on
+    whatever server the URL now reaches, and a server that does not know it leaves the page
+    with "No Kernel" until the page's next look at the sessions. Jupyter (jupyter_server 2)
+    starts a session's kernel under the id a client asks for. Variables are not carried:
+    the kernel is new. Best effort: whatever fails is logged and the switch goes on.
+    """
+    try:
+        async with asyncio.timeout(CARRY_TIMEOUT):
+            return await _carry(opener, old, new, token)
+    except TimeoutError:
+        log.info("kernels not carried in time", old=old.node, new=new.node)
+        return 0
+
+
+async def _carry(opener: Opener, old: Endpoint, new: Endpoint, token: str) -> int:
+    listed = await request(opener, old, "GET", "/api/sessions", token)
+    try:
+        sessions = json.loads(listed.body) if listed and listed.status == 200 else []
+    except ValueError:
+        sessions = []
+    wanted = [
+        {"path": session["path"], "name": session.get("name"), "type": session["type"],
+         "kernel": {"id": session["kernel"]["id"], "name": session["kernel"]["name"]}}
+        for session in sessions if isinstance(session, dict) and _carriable(session)
+    ]
+    answers = await asyncio.gather(*(
+        request(opener, new, "POST", "/api/sessions", token, body) for body in wanted))
+    carried = sum(1 for answer in answers if answer and answer.status == 201)
+    if wanted:
+        log.info("kernels carried to the new job", carried=carried, open=len(wanted))
+    return carried
+
+
+def _carriable(session: dict[str, Any]) -> bool:
+    kernel = session.get("kernel")
+    return (isinstance(session.get("path"), str) and isinstance(session.get("type"), str)
+            and isinstance(kernel, dict) and isinstance(kernel.get("id"), str)
+            and isinstance(kernel.get("name"), str))
