@@ -19,5 +19,11 @@ with open(os.environ["JUPYTER_TOKEN_FILE"]) as token_file:
 # session stays logged in to the next (the runtime directory is private to each job).
 c.ServerApp.cookie_secret_file = os.path.join(
     os.path.dirname(os.environ["JUPYTER_TOKEN_FILE"]), "cookie_secret")
+# One sessions database per session too: an open page's session is still listed by the
+# next job once its kernel id is started there at the walltime switch (jupyter_api.py).
+c.SessionManager.database_filepath = os.path.join(
+    os.path.dirname(os.environ["JUPYTER_TOKEN_FILE"]), "sessions.db")
 """
 CONFIG_NAMES = ("jupyter_server_config", "jupyter_lab_config", "jupyter_notebook_config")
+# What the config above keeps next to the token for the whole session: removed with it.
+SESSION_FILES = ("token", "cookie_secret", "sessions.db")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -75,14 +76,15 @@ def _parse(raw: bytes) -> Response | None:
 
 
 async def carry_kernels(opener: Opener, old: Endpoint, new: Endpoint, token: str) -> int:
-    """Give every notebook open on the old server a fresh kernel on the new one, under the
-    same kernel id; returns how many were carried.
+    """Start a fresh kernel on the new server for every notebook open on the old one, under
+    the same kernel id; returns how many were started.
 
-    An open page holds on to its kernel's id: after the switch it reconnects to that id on
-    whatever server the URL now reaches, and a server that does not know it leaves the page
-    with "No Kernel" until the page's next look at the sessions. Jupyter (jupyter_server 2)
-    starts a session's kernel under the id a client asks for. Variables are not carried:
-    the kernel is new. Best effort: whatever fails is logged and the switch goes on.
+    An open page holds on to its session and its kernel's id. Every job of a session keeps
+    Jupyter's sessions in one database (see jupyter.py), so the new server lists the page's
+    session as soon as the kernel it names exists there; the page's websocket then
+    reconnects to that id and the next cell runs on the new server. jupyter_server (2.x)
+    starts a kernel under the id a client asks for. Variables are not carried: the kernel
+    is new. Best effort: whatever fails is logged and the switch goes on.
     """
     try:
         async with asyncio.timeout(CARRY_TIMEOUT):
@@ -99,12 +101,13 @@ async def _carry(opener: Opener, old: Endpoint, new: Endpoint, token: str) -> in
     except ValueError:
         sessions = []
     wanted = [
-        {"path": session["path"], "name": session.get("name"), "type": session["type"],
-         "kernel": {"id": session["kernel"]["id"], "name": session["kernel"]["name"]}}
+        # A session's kernel runs in the directory of its notebook, as Jupyter would start it.
+        {"kernel_id": session["kernel"]["id"], "name": session["kernel"]["name"],
+         "path": posixpath.dirname(session["path"])}
         for session in sessions if isinstance(session, dict) and _carriable(session)
     ]
     answers = await asyncio.gather(*(
-        request(opener, new, "POST", "/api/sessions", token, body) for body in wanted))
+        request(opener, new, "POST", "/api/kernels", token, body) for body in wanted))
     carried = sum(1 for answer in answers if answer and answer.status == 201)
     if wanted:
         log.info("kernels carried to the new job", carried=carried, open=len(wanted))
@@ -113,6 +116,5 @@ async def _carry(opener: Opener, old: Endpoint, new: Endpoint, token: str) -> in
 
 def _carriable(session: dict[str, Any]) -> bool:
     kernel = session.get("kernel")
-    return (isinstance(session.get("path"), str) and isinstance(session.get("type"), str)
-            and isinstance(kernel, dict) and isinstance(kernel.get("id"), str)
-            and isinstance(kernel.get("name"), str))
+    return (isinstance(session.get("path"), str) and isinstance(kernel, dict)
+            and isinstance(kernel.get("id"), str) and isinstance(kernel.get("name"), str))

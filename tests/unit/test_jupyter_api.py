@@ -1,4 +1,4 @@
-"""Carrying open notebooks' kernels to the successor, against small local HTTP servers that
+"""Carrying open notebooks' kernel ids to the successor, against small local HTTP servers that
 answer as Jupyter's REST API does (the real Jupyter is driven by tests/e2e/test_handover.py)."""
 
 from __future__ import annotations
@@ -55,14 +55,13 @@ async def test_each_open_notebook_gets_its_kernel_id_on_the_new_server() -> None
     assert [(m, p, h["authorization"]) for m, p, h, _ in old_seen] == [
         ("GET", "/api/sessions", "token secret")]
     [(method, path, headers, body)] = new_seen
-    assert (method, path, headers["authorization"]) == ("POST", "/api/sessions", "token secret")
-    assert json.loads(body) == {"path": "work/a.ipynb", "name": "a.ipynb", "type": "notebook",
-                                "kernel": {"id": "k-1", "name": "python3"}}
+    assert (method, path, headers["authorization"]) == ("POST", "/api/kernels", "token secret")
+    assert json.loads(body) == {"kernel_id": "k-1", "name": "python3", "path": "work"}
 
 
 async def test_anything_but_a_list_of_sessions_carries_nothing() -> None:
     for status, payload in [(200, b"not json"), (403, b"[]"), (200, b'{"a": 1}'),
-                            (200, b'[1, "x", {"path": 3}]')]:
+                            (200, b'[1, "x", {"path": 3, "kernel": {"id": "k", "name": "p"}}]')]:
         new_seen: list[tuple[str, str, dict[str, str], bytes]] = []
         async with server(lambda *_, s=status, p=payload: (s, p), []) as old, \
                 server(lambda *_: (201, b"{}"), new_seen) as new:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import asyncssh
 import structlog
 
+from nbtether import jupyter
 from nbtether.backends import Streams, rendezvous
 from nbtether.clock import Clock, monotonic, system_clock
 from nbtether.config import ClusterConfig
@@ -450,9 +451,11 @@ class BatchBackend:
         log.info("jobs cancelled", cluster=self.name, job_ids=job_ids)
 
     async def release(self, session: str) -> None:
-        """Remove the session's token file from the cluster."""
-        token = shlex.quote(rendezvous.token_path(self.instance, session))
-        await self.link.run(f"rm -f {token}")
+        """Remove the session's token file (and what Jupyter kept next to it) from the
+        cluster."""
+        directory = rendezvous.session_dir(self.instance, session)
+        files = " ".join(shlex.quote(f"{directory}/{name}") for name in jupyter.SESSION_FILES)
+        await self.link.run(f"rm -f {files}")
 
     async def open_connection(self, host: str, port: int) -> Streams:
         """A channel from the login node to the compute node's notebook."""

@@ -212,8 +212,9 @@ class LocalBackend:
             await _terminate(job, None)
 
     async def release(self, session: str) -> None:
-        """Remove the session's token file."""
-        (self.root / session / "token").unlink(missing_ok=True)
+        """Remove the session's token file and what Jupyter kept next to it."""
+        for name in jupyter.SESSION_FILES:
+            (self.root / session / name).unlink(missing_ok=True)
 
     async def open_connection(self, host: str, port: int) -> Streams:
         """A plain TCP connection on this machine."""
