@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 import urllib.request
@@ -52,7 +53,9 @@ def put_notebook(base: str, token: str, name: str) -> None:
 
 
 def run_cell(page: Page, code: str, expect: str, timeout: float = 90) -> None:
-    """Type `code` into the notebook's last cell, run it, and wait for `expect` in its output."""
+    """Once the kernel is idle, as a person would see in the status bar, type `code` into
+    the notebook's last cell, run it, and wait for `expect` in its output."""
+    page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=timeout * 1000)
     editor = page.locator(".jp-NotebookPanel:visible .jp-Cell").last.locator(".cm-content")
     editor.click()
     page.keyboard.type(code)
