@@ -22,10 +22,11 @@ from tests.e2e.local_harness import LocalDaemon, local_session_yaml
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own download cannot work offline
-# Short jobs keep the test short. The lead leaves the successor time to start on a busy
-# machine, and is under half the walltime, so the successor is ready, not in a handover
-# of its own, right after the switch.
-WALLTIME, LEAD = "00:03:00", "75s"
+# Short jobs keep the test short (SLURM counts time limits in minutes). The lead leaves the
+# first job over a minute to serve the page's first cell, and the successor 45 s to start
+# on a busy machine; the successor's own handover comes after the checks that follow the
+# switch.
+WALLTIME, LEAD = "00:02:00", "50s"
 SWITCH_MARGIN = 10  # the switch comes at most this long before the walltime end
 
 
