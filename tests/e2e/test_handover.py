@@ -71,7 +71,8 @@ def open_notebook(page: Page, url: str) -> None:
     """Open a notebook and wait until JupyterLab shows it ready for typing."""
     page.goto(url)
     page.locator(".jp-Notebook .jp-Cell .cm-content").first.wait_for(timeout=60_000)
-    page.get_by_text("Mode: Command").wait_for(timeout=60_000)
+    # Either mode: JupyterLab may put a new notebook's first cell straight into edit mode.
+    page.get_by_text(re.compile(r"^Mode: (Command|Edit)$")).wait_for(timeout=60_000)
 
 
 def job_times(daemon: Daemon, job_id: str) -> dict[str, Any]:
