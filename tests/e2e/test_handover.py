@@ -75,6 +75,15 @@ def open_notebook(page: Page, url: str) -> None:
     page.get_by_text(re.compile(r"^Mode: (Command|Edit)$")).wait_for(timeout=60_000)
 
 
+def process_ended(pid: str) -> bool:
+    """Whether a process is gone (or a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 def job_times(daemon: Daemon, job_id: str) -> dict[str, Any]:
     """Start, end, state and time limit of a finished job, from SLURM's accounting."""
 
@@ -90,9 +99,11 @@ def job_times(daemon: Daemon, job_id: str) -> dict[str, Any]:
 
 
 def across_a_handover(daemon: Daemon, page: Page, session: str,
-                      successor_log: Callable[[str], str]) -> str:
+                      successor_log: Callable[[str], str],
+                      wait_ended: Callable[[str], object]) -> str:
     """Drive a notebook page across one handover of `session` (a session file's text) and
-    check what the page and a prober see; returns the first job's id."""
+    check what the page and a prober see; returns the first job's id. `wait_ended(job_id)`
+    returns once that job has ended."""
     daemon.drop("relay", session)
     first = daemon.wait_phase("relay", "ready", timeout=180)
     token = token_of(first)
@@ -135,6 +146,9 @@ def across_a_handover(daemon: Daemon, page: Page, session: str,
         row = wait_for(switched, timeout=150, interval=0.2, message="the switch to the successor")
         assert row["url"] == first["url"]
         assert "kernel replaced" in row["message"]
+        # A cell run in the moment between the switch and the old job's end would still
+        # reach the old kernel and die with it; the page's next cell is the successor's.
+        wait_ended(str(first["job_id"]))
         run_cell(page, 'print("after, x defined:", "x" in globals())', "x defined: False")
         page.reload()
         page.locator(".jp-NotebookPanel:visible .jp-Cell").first.wait_for(timeout=60_000)
@@ -159,7 +173,8 @@ def test_a_page_keeps_its_slurm_kernel_until_the_walltime_end_then_runs_on(
         path = f"~/.nbtether/{daemon.instance}/relay/slurm-{job_id}.out"
         return daemon.cluster.ssh(f"cat {path}").stdout
 
-    first = across_a_handover(daemon, page, text, successor_log)
+    first = across_a_handover(daemon, page, text, successor_log,
+                              lambda job_id: job_times(daemon, job_id))
     old = job_times(daemon, first)
     served = (old["end"] - old["start"]).total_seconds()
     assert old["limit"] - SWITCH_MARGIN <= served <= old["limit"], old
@@ -177,6 +192,8 @@ def test_a_page_keeps_its_local_kernel_until_the_walltime_end_then_runs_on(
     text += f"restart:\n  handover: {LEAD}\n"
     try:
         across_a_handover(daemon, page, text, lambda job_id: (
-            daemon.state / "local" / "relay" / f"job-{job_id}.out").read_text())
+            daemon.state / "local" / "relay" / f"job-{job_id}.out").read_text(),
+            lambda pid: wait_for(lambda: process_ended(pid), timeout=60,
+                                 message=f"process {pid} to end"))
     finally:
         daemon.cleanup()
