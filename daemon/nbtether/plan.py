@@ -116,6 +116,7 @@ class Seen:
     unprotected: bool = False  # the job's notebook answered a request without the token
     successor_unprotected: bool = False
     strays: tuple[JobInfo, ...] = ()  # queued/running jobs of this session the record lacks
+    unconfirmed: bool = False  # an sbatch may have made a job that no poll has shown yet
     listening: int | None = None
     routed: Endpoint | None = None
     port_error: str | None = None  # the last Listen failed: why, and who holds the port
@@ -183,6 +184,11 @@ def _plan_removal(record: Record, seen: Seen) -> Plan:
     if jobs:
         record.message = "cancelling job " + ", ".join(jobs)
         return Plan(record, [*actions, Cancel(tuple(jobs))], RECHECK)  # the end wakes it
+    if seen.unconfirmed:
+        # sbatch may have made a job that squeue does not list yet: forgetting the session
+        # now would leave that job running, unknown to anyone.
+        record.message = "waiting for squeue to show whether the last sbatch made a job"
+        return Plan(record, actions, RECHECK)
     return Plan(None, [*actions, Forget()])
 
 

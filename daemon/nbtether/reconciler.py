@@ -200,6 +200,7 @@ class Reconciler:
             unprotected=answer is Answer.OPEN,
             successor_unprotected=successor_answer is Answer.OPEN,
             strays=tuple(backend.active_jobs(name)),
+            unconfirmed=backend.unconfirmed(name),
         )
 
     async def _answers(

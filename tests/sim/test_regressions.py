@@ -103,6 +103,13 @@ CASES = {
            _events(("create", 458, 20), ("create", 678, 20), ("create", 25, 5),
                    ("host_key", 375, 20), ("delete", 961, 1), ("host_key", 226, 20),
                    ("use", 601, 60), ("wait", 510, 20), ("move_port", 403, 60))),
+    8460: ("a file deleted just after an sbatch whose answer could not be read was forgotten "
+           "at once, and the job that sbatch made ran on, unknown to anyone",
+           _events(("wait", 854, 20), ("delete", 428, 60), ("start", 342, 300),
+                   ("browse", 561, 60), ("wait", 76, 1), ("delete", 294, 20),
+                   ("node_fail", 664, 20), ("browse", 119, 5), ("drop", 553, 5),
+                   ("create", 229, 1), ("wait", 6, 1200), ("move_port", 916, 1),
+                   ("delete", 382, 5), ("login_down", 933, 60), ("login_up", 114, 300))),
 }
 
 

@@ -169,6 +169,18 @@ def test_deleted_file_cancels_then_forgets() -> None:
     assert second.record is None
 
 
+def test_deleted_file_waits_for_squeue_after_a_lost_submission_answer() -> None:
+    """sbatch's answer was lost, then the file was deleted: the record stays until a poll
+    could show the job, which is then cancelled; only then is the session forgotten."""
+    record = make_record(phase="pending")
+    waiting = plan(None, record, seen(listening=None, unconfirmed=True), NOW)
+    assert waiting.actions == [] and waiting.record is not None
+    assert "squeue" in waiting.record.message and waiting.requeue_after == 30.0
+    shown = seen(listening=None, strays=(job("PENDING", "101"),))
+    assert plan(None, waiting.record, shown, NOW).actions == [Cancel(("101",))]
+    assert plan(None, waiting.record, seen(listening=None), NOW).actions == [Forget()]
+
+
 def test_deleted_file_waits_for_an_unreachable_cluster() -> None:
     """A deletion during an outage is remembered and retried, never forgotten unconfirmed."""
     outcome = plan(None, make_record(job_id="100"), seen(problem="connection lost"), NOW)

@@ -47,6 +47,9 @@ class Backend(Protocol):
     def active_jobs(self, session: str) -> list[JobInfo]:
         """This daemon's jobs for a session that have not ended (for adoption after a crash)."""
 
+    def unconfirmed(self, session: str) -> bool:
+        """A submission's answer was lost and no look since could show the job it made."""
+
     async def submit(self, session: str, spec: SessionSpec, token: str) -> str:
         """Start a job for the session; returns its id."""
 

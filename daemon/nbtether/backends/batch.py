@@ -389,6 +389,10 @@ class BatchBackend:
             and self._ended_by(job.job_id) is None
         ]
 
+    def unconfirmed(self, session: str) -> bool:
+        """A submission's answer was lost and no poll since could show the job it made."""
+        return session in self._unconfirmed
+
     async def submit(self, session: str, spec: SessionSpec, token: str) -> str:
         """Store the token (0600, through stdin) and submit the batch script (through stdin).
 

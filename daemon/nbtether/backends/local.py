@@ -120,6 +120,10 @@ class LocalBackend:
             return None
         return Endpoint(node="localhost", address="127.0.0.1", port=job.port)
 
+    def unconfirmed(self, session: str) -> bool:
+        """Never: a start either returns the process or fails without one."""
+        return False
+
     def active_jobs(self, session: str) -> list[JobInfo]:
         """Running notebooks of a session."""
         return [
