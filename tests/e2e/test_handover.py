@@ -7,13 +7,13 @@ import re
 import secrets
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 from tests.cluster import wait_for
 from tests.e2e.harness import Daemon, Prober, free_port, session_yaml, token_of
@@ -21,7 +21,6 @@ from tests.e2e.local_harness import LocalDaemon, local_session_yaml
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own download cannot work offline
 # Short jobs keep the test short (SLURM counts time limits in minutes). The lead leaves the
 # first job over a minute to serve the page's first cell, and the successor time to start
 # on a busy machine; the successor's own handover comes after the checks that follow the
@@ -31,16 +30,6 @@ WALLTIME, LEAD = "00:02:00", "50s"
 LOCAL_WALLTIME, LOCAL_LEAD = "00:03:00", "75s"
 SWITCH_MARGIN = 10  # the switch comes at most this long before the walltime end
 
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    """A fresh Chromium page (headless, no sandbox: the tests run as root)."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
 
 
 def put_notebook(base: str, token: str, name: str) -> None:

@@ -14,34 +14,22 @@ import secrets
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from tests.cluster import wait_for
 from tests.e2e.harness import Daemon, free_port, http_status, session_yaml, token_of
-from tests.e2e.test_handover import CHROMIUM
 
 # It fills every CPU of both nodes with another user's jobs for a while.
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster_wide]
 
 IDLE_STOP = "1m"
 
-
-@pytest.fixture
-def page() -> Iterator[Page]:
-    """A fresh Chromium page (headless, no sandbox: the tests run as root)."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
 
 
 def get(url: str, accept: str) -> tuple[int, dict[str, str], str]:
