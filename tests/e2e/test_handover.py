@@ -9,7 +9,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,17 +16,14 @@ from playwright.sync_api import Page
 
 from tests.cluster import wait_for
 from tests.e2e.harness import Daemon, Prober, free_port, session_yaml, token_of
-from tests.e2e.local_harness import LocalDaemon, local_session_yaml
 
 pytestmark = pytest.mark.e2e
 
 # Short jobs keep the test short (SLURM counts time limits in minutes). The lead leaves the
 # first job over a minute to serve the page's first cell, and the successor time to start
 # on a busy machine; the successor's own handover comes after the checks that follow the
-# switch. `kind: local` keeps 3-min jobs: on 2-min ones its page's kernel did not come back
-# after the switch (not understood yet).
+# switch.
 WALLTIME, LEAD = "00:02:00", "50s"
-LOCAL_WALLTIME, LOCAL_LEAD = "00:03:00", "75s"
 SWITCH_MARGIN = 10  # the switch comes at most this long before the walltime end
 
 
@@ -64,15 +60,6 @@ def open_notebook(page: Page, url: str) -> None:
     page.locator(".jp-Notebook .jp-Cell .cm-content").first.wait_for(timeout=60_000)
     # Either mode: JupyterLab may put a new notebook's first cell straight into edit mode.
     page.get_by_text(re.compile(r"^Mode: (Command|Edit)$")).wait_for(timeout=60_000)
-
-
-def process_ended(pid: str) -> bool:
-    """Whether a process is gone (or a zombie waiting for its parent)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def job_times(daemon: Daemon, job_id: str) -> dict[str, Any]:
@@ -169,23 +156,3 @@ def test_a_page_keeps_its_slurm_kernel_until_the_walltime_end_then_runs_on(
     old = job_times(daemon, first)
     served = (old["end"] - old["start"]).total_seconds()
     assert old["limit"] - SWITCH_MARGIN <= served <= old["limit"], old
-
-
-def test_a_page_keeps_its_local_kernel_until_the_walltime_end_then_runs_on(
-    tmp_path: Path, page: Page
-) -> None:
-    """The same on `kind: local`, where the walltime is the daemon's own."""
-    daemon = LocalDaemon(tmp_path)
-    daemon.start()
-    root = tmp_path / "notebooks"
-    root.mkdir()
-    text = local_session_yaml(free_port(), root).replace('"00:15:00"',
-                                                            f'"{LOCAL_WALLTIME}"')
-    text += f"restart:\n  handover: {LOCAL_LEAD}\n"
-    try:
-        across_a_handover(daemon, page, text, lambda job_id: (
-            daemon.state / "local" / "relay" / f"job-{job_id}.out").read_text(),
-            lambda pid: wait_for(lambda: process_ended(pid), timeout=60,
-                                 message=f"process {pid} to end"))
-    finally:
-        daemon.cleanup()
