@@ -102,6 +102,8 @@ class Neighbour:
                 if (address, port) in self.held:
                     continue
                 sock = socket.socket()
+                # As an attacker would: bind over a freed port's lingering TIME_WAIT sockets.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     sock.bind((address, port))
                     sock.listen(64)
