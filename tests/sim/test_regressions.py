@@ -110,6 +110,10 @@ CASES = {
                    ("node_fail", 664, 20), ("browse", 119, 5), ("drop", 553, 5),
                    ("create", 229, 1), ("wait", 6, 1200), ("move_port", 916, 1),
                    ("delete", 382, 5), ("login_down", 933, 60), ("login_up", 114, 300))),
+    20256: ("the checker judged an idle stop by the idle_stop of a file written after it, "
+            "not by the file the daemon stopped the job under",
+            _events(("create", 25, 20), ("start", 70, 60), ("touch", 237, 60),
+                    ("use", 857, 5), ("wait", 141, 1200), ("move_port", 448, 20))),
 }
 
 

@@ -164,6 +164,7 @@ class SessionTruth:
     troubled_at: float = -1.0  # last fault that may legitimately end in `failed`
     wants: bool = False  # the user has the page open: it reloads until the notebook answers
     woken_at: float = 0.0  # healthy time of the last request that asked for a job
+    judged_stops: set[str] = field(default_factory=set)  # idle stops checked, by job id
 
 
 class World:
@@ -615,7 +616,10 @@ class World:
         stopped = self.cluster.jobs.get(record.stopped_job_id or "") if record else None
         spec = truth.spec
         if stopped is not None and stopped.cancelled_at is not None and \
+                stopped.job_id not in truth.judged_stops and \
                 isinstance(spec, SessionSpec) and spec.idle_stop is not None:
+            # Judged once, by the file of its time: a later edit may set another idle_stop.
+            truth.judged_stops.add(stopped.job_id)
             used = [m for m in (stopped.used_at, stopped.busy_until) if m is not None]
             if used and stopped.cancelled_at - max(used) < spec.idle_stop:
                 self._fail(f"{name}'s job {stopped.job_id} was stopped as idle at "
