@@ -74,6 +74,14 @@ class CarryKernels:
 
 
 @dataclass(frozen=True)
+class Sever:
+    """Close the connections open to `endpoint`. Their pages reconnect, to the new route,
+    before the old server's goodbye (its kernels' shutdown replies) can reach them."""
+
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True)
 class Unlisten:
     """Close the session's port."""
 
@@ -88,7 +96,8 @@ class Reconnect:
     """Log in to the cluster again now: a person may have fixed what blocked the login."""
 
 
-Action = Submit | Cancel | Listen | CarryKernels | Route | Unlisten | Forget | Reconnect
+Action = (Submit | Cancel | Listen | CarryKernels | Route | Sever | Unlisten | Forget
+          | Reconnect)
 
 
 @dataclass(frozen=True)
@@ -589,11 +598,15 @@ def _switch(record: Record, seen: Seen, now: datetime, out: Plan, cancel: bool =
     """Route to the successor, then end the old job (unless it ended); its kernel goes too.
 
     While the old server still answers, the notebooks open on it get their kernel ids on
-    the successor first, so their pages reconnect to a kernel there."""
+    the successor first, so their pages reconnect to a kernel there. Their connections to
+    the old server are closed before it is told to stop: JupyterLab takes a kernel's
+    shutdown reply, which the old server would send them, as the end of its kernel."""
     old, new = record.job_id, seen.successor_endpoint
     if cancel and seen.answering and record.endpoint is not None and new is not None:
         out.actions.append(CarryKernels(record.endpoint, new))
     out.actions.append(Route(new))
+    if cancel and record.endpoint is not None:
+        out.actions.append(Sever(record.endpoint))
     if cancel and old:
         out.actions.append(Cancel((old,)))
     record.job_id, record.successor_id = record.successor_id, None

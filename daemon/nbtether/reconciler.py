@@ -34,6 +34,7 @@ from nbtether.plan import (
     Reconnect,
     Route,
     Seen,
+    Sever,
     Submit,
     SubmitFailed,
     Unlisten,
@@ -232,6 +233,9 @@ class Reconciler:
                 case Route(endpoint):
                     if tunnel := self.tunnels.get(name):
                         tunnel.point(endpoint)
+                case Sever(endpoint):
+                    if tunnel := self.tunnels.get(name):
+                        tunnel.sever(endpoint)
                 case Unlisten():
                     if tunnel := self.tunnels.pop(name, None):
                         await tunnel.close()

@@ -2,7 +2,8 @@
 
 The daemon owns the listener, and each accepted connection opens its own channel to the
 *current* target. Moving to a successor job is a pointer swap: the port is never unbound,
-connections already open finish on the old job, new ones go to the new job.
+new connections go to the new job, and those still open to the old one are closed when it
+is about to end, so that their pages reconnect to the new one.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Tunnel:
         self._server: asyncio.Server | None = None
         self._moved = asyncio.Event()  # set (and replaced) whenever the target changes
         self._tasks: set[asyncio.Task[None]] = set()
+        self._forwarded: dict[asyncio.Task[None], Endpoint] = {}  # connection → its job
         self._refusing = False
         self.waiting: portpage.Waiting | None = None
         # Called when a request that is not an open page's own traffic finds no notebook:
@@ -75,6 +77,12 @@ class Tunnel:
         if waiting is not None and self.waiting is None:
             self._nudge()  # held connections get the page now
         self.waiting = waiting
+
+    def sever(self, endpoint: Endpoint) -> None:
+        """Close the connections forwarded to `endpoint`."""
+        for task, target in list(self._forwarded.items()):
+            if target == endpoint:
+                task.cancel()
 
     def _nudge(self) -> None:
         self._moved.set()
@@ -135,9 +143,13 @@ class Tunnel:
                 if self.waiting is not None:
                     await self._answer_waiting(reader, writer)
                 return
+        task = asyncio.current_task()
+        assert task is not None
+        self._forwarded[task] = target
         try:
             await splice(reader, writer, remote_reader, remote_writer)
         finally:
+            del self._forwarded[task]
             remote_writer.close()
 
     async def _answer_waiting(

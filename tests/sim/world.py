@@ -113,6 +113,9 @@ class SimTunnel:
     def point(self, target: Endpoint | None) -> None:
         self.target = target
 
+    def sever(self, endpoint: Endpoint) -> None:
+        """Connections are not simulated: none is open to close."""
+
     async def close(self) -> None:
         if self.world.ports.get(self.port) is self:
             del self.world.ports[self.port]

@@ -20,6 +20,7 @@ from nbtether.plan import (
     Reconnect,
     Route,
     Seen,
+    Sever,
     Submit,
     SubmitFailed,
     Unlisten,
@@ -258,9 +259,10 @@ def test_waiting_successor_looks_again_exactly_at_the_switch_time() -> None:
 
 def test_handover_switches_a_few_seconds_before_the_walltime_end() -> None:
     """At SWITCH_BEFORE before the end, the open notebooks' kernels are started on the
-    successor, then the route moves, then the old job is cancelled."""
+    successor, then the route moves, the pages open on the old job are cut off from it (to
+    reconnect to the successor), and the old job is cancelled."""
     outcome = plan(HANDOVER, in_handover(), both_running(SWITCH_BEFORE), NOW)
-    assert outcome.actions == [CarryKernels(EP, EP2), Route(EP2), Cancel(("100",))]
+    assert outcome.actions == [CarryKernels(EP, EP2), Route(EP2), Sever(EP), Cancel(("100",))]
     assert outcome.record is not None
     assert (outcome.record.job_id, outcome.record.successor_id) == ("101", None)
     assert (outcome.record.phase, outcome.record.restarts) == ("ready", 1)
@@ -271,14 +273,14 @@ def test_handover_switches_when_the_old_job_announces_its_end() -> None:
     """The old job's `.end` (its endpoint withdrawn) switches at once, minutes before walltime."""
     outcome = plan(HANDOVER, in_handover(),
                    both_running(timedelta(minutes=3), endpoint=None, answering=False), NOW)
-    assert outcome.actions == [Route(EP2), Cancel(("100",))]
+    assert outcome.actions == [Route(EP2), Sever(EP), Cancel(("100",))]
 
 
 def test_handover_switches_when_the_old_server_stops_answering() -> None:
     """An old notebook that no longer answers its probe is switched away from at once."""
     outcome = plan(HANDOVER, in_handover(), both_running(timedelta(minutes=3), answering=False),
                    NOW)
-    assert outcome.actions == [Route(EP2), Cancel(("100",))]
+    assert outcome.actions == [Route(EP2), Sever(EP), Cancel(("100",))]
 
 
 def test_handover_switches_at_once_when_the_old_job_is_seen_ended() -> None:

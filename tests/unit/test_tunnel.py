@@ -84,6 +84,47 @@ async def test_a_connection_between_jobs_waits_for_the_next_one() -> None:
         server.close()
 
 
+async def test_severing_closes_the_old_jobs_connections_only() -> None:
+    """At a switch, connections still open to the old job are closed (their pages then
+    reconnect, to the new job); those already on the new job stay open."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            writer.write(line)
+            await writer.drain()
+        writer.close()
+
+    old_job = await asyncio.start_server(echo, "127.0.0.1", 0)
+    new_job = await asyncio.start_server(echo, "127.0.0.1", 0)
+    old = Endpoint(node="c1", address="127.0.0.1", port=old_job.sockets[0].getsockname()[1])
+    new = Endpoint(node="c2", address="127.0.0.1", port=new_job.sockets[0].getsockname()[1])
+    port = _free_port()
+    tunnel = Tunnel(port, asyncio.open_connection, lambda: None)
+    await tunnel.listen()
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello\n")
+        assert await asyncio.wait_for(reader.readline(), 10) == b"hello\n"
+        return reader, writer
+
+    try:
+        tunnel.point(old)
+        on_old = await connect()
+        tunnel.point(new)
+        on_new = await connect()
+        tunnel.sever(old)
+        assert await asyncio.wait_for(on_old[0].read(), 10) == b""
+        on_new[1].write(b"still here\n")
+        assert await asyncio.wait_for(on_new[0].readline(), 10) == b"still here\n"
+        for _, writer in (on_old, on_new):
+            writer.close()
+    finally:
+        await tunnel.close()
+        old_job.close()
+        new_job.close()
+
+
 async def test_an_unreachable_target_is_reported() -> None:
     """A connection that cannot reach its target tells the daemon to look again, and is
     closed when the session does not move within the hold time."""
