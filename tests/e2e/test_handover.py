@@ -9,13 +9,15 @@ import time
 import urllib.request
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page
+from playwright.sync_api import Page, WebSocket
 
 from tests.cluster import wait_for
 from tests.e2e.harness import Daemon, Prober, free_port, session_yaml, token_of
+from tests.e2e.local_harness import LocalDaemon, local_session_yaml
 
 pytestmark = pytest.mark.e2e
 
@@ -40,10 +42,14 @@ def put_notebook(base: str, token: str, name: str) -> None:
         assert response.status == 201
 
 
-def run_cell(page: Page, code: str, expect: str, timeout: float = 90) -> None:
-    """Once the kernel is idle, as a person would see in the status bar, type `code` into
-    the notebook's last cell, run it, and wait for `expect` in its output."""
+def wait_idle(page: Page, timeout: float = 90) -> None:
+    """Wait until the status bar shows the kernel idle, as a person would before typing."""
     page.get_by_text(re.compile(r"\| Idle$")).first.wait_for(timeout=timeout * 1000)
+
+
+def run_cell(page: Page, code: str, expect: str, timeout: float = 90) -> None:
+    """Type `code` into the notebook's last cell, run it, and wait for `expect` in its
+    output."""
     editor = page.locator(".jp-NotebookPanel:visible .jp-Cell").last.locator(".cm-content")
     editor.click()
     page.keyboard.type(code)
@@ -54,12 +60,40 @@ def run_cell(page: Page, code: str, expect: str, timeout: float = 90) -> None:
     output.first.wait_for(timeout=timeout * 1000)
 
 
+def kernel_sockets(page: Page) -> list[WebSocket]:
+    """The kernel websockets `page` opens from now on, in order, as a list that grows."""
+    sockets: list[WebSocket] = []
+    page.on("websocket", lambda socket: sockets.append(socket)
+            if "/api/kernels/" in socket.url and "/channels" in socket.url else None)
+    return sockets
+
+
+def wait_reconnected(page: Page, sockets: list[WebSocket], before: int,
+                     timeout: float = 90) -> None:
+    """Wait until the first `before` kernel websockets of the page have all closed and a
+    newer one is open: the page has reconnected, to the server the URL now leads to."""
+    deadline = time.monotonic() + timeout
+    while not (all(socket.is_closed() for socket in sockets[:before])
+               and any(not socket.is_closed() for socket in sockets[before:])):
+        assert time.monotonic() < deadline, f"the page did not reconnect its kernel: {sockets}"
+        page.wait_for_timeout(200)  # lets Playwright deliver the page's websocket events
+
+
 def open_notebook(page: Page, url: str) -> None:
     """Open a notebook and wait until JupyterLab shows it ready for typing."""
     page.goto(url)
     page.locator(".jp-Notebook .jp-Cell .cm-content").first.wait_for(timeout=60_000)
     # Either mode: JupyterLab may put a new notebook's first cell straight into edit mode.
     page.get_by_text(re.compile(r"^Mode: (Command|Edit)$")).wait_for(timeout=60_000)
+
+
+def process_ended(pid: str) -> bool:
+    """Whether a process is gone (or a zombie waiting for its parent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def job_times(daemon: Daemon, job_id: str) -> dict[str, Any]:
@@ -93,11 +127,13 @@ def across_a_handover(daemon: Daemon, page: Page, session: str,
     prober = Prober(f"{base}/api/me", token)
     prober.start()
     failed: list[tuple[float, str]] = []
+    sockets = kernel_sockets(page)
     page.on("requestfailed", lambda request: failed.append((time.monotonic(), request.url)))
     try:
         # A workspace of its own: JupyterLab would otherwise reopen tabs of earlier runs.
         lab = f"{base}/lab/workspaces/{notebook.removesuffix('.ipynb')}/tree/{notebook}"
         open_notebook(page, f"{lab}?token={token}")
+        wait_idle(page)
         run_cell(page, 'x = 6 * 7; print("x is", x)', "x is 42")
 
         def successor_ready() -> dict[str, Any] | None:
@@ -109,6 +145,7 @@ def across_a_handover(daemon: Daemon, page: Page, session: str,
         assert waiting["phase"] == "handover" and waiting["job_id"] == first["job_id"]
         record = json.loads((daemon.state / "sessions" / "relay.json").read_text())
         successor = str(record["successor_id"])
+        wait_idle(page)
         run_cell(page, 'print("still", x)', "still 42")
         both_ran_until = time.monotonic()
         # The daemon's own probes ask /api/status (with and without the token); the page's
@@ -122,12 +159,18 @@ def across_a_handover(daemon: Daemon, page: Page, session: str,
             return row if (row["job_id"], row["phase"]) == (successor, "ready") else None
 
         row = wait_for(switched, timeout=150, interval=0.2, message="the switch to the successor")
+        old_sockets = len(sockets)
+        assert old_sockets > 0, "the page has no kernel websocket"
         assert row["url"] == first["url"]
         assert "kernel replaced" in row["message"]
-        # A cell run in the moment between the switch and the old job's end would still
-        # reach the old kernel and die with it; the page's next cell is the successor's.
+        # The switch closes the page's connections to the old job; the page reconnects to
+        # the successor, where its kernel id was carried. JupyterLab shows that kernel's
+        # status as Unknown until it next runs something, so the cell is typed once the
+        # kernel's websocket is open again, and the status is Idle after it.
         wait_ended(str(first["job_id"]))
+        wait_reconnected(page, sockets, old_sockets)
         run_cell(page, 'print("after, x defined:", "x" in globals())', "x defined: False")
+        wait_idle(page)
         page.reload()
         page.locator(".jp-NotebookPanel:visible .jp-Cell").first.wait_for(timeout=60_000)
         assert page.url.startswith(lab)
@@ -156,3 +199,22 @@ def test_a_page_keeps_its_slurm_kernel_until_the_walltime_end_then_runs_on(
     old = job_times(daemon, first)
     served = (old["end"] - old["start"]).total_seconds()
     assert old["limit"] - SWITCH_MARGIN <= served <= old["limit"], old
+
+
+def test_a_page_keeps_its_local_kernel_until_the_walltime_end_then_runs_on(
+    tmp_path: Path, page: Page
+) -> None:
+    """The same on `kind: local`, where the walltime is the daemon's own."""
+    daemon = LocalDaemon(tmp_path)
+    daemon.start()
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    text = local_session_yaml(free_port(), root).replace('"00:15:00"', f'"{WALLTIME}"')
+    text += f"restart:\n  handover: {LEAD}\n"
+    try:
+        across_a_handover(daemon, page, text, lambda job_id: (
+            daemon.state / "local" / "relay" / f"job-{job_id}.out").read_text(),
+            lambda pid: wait_for(lambda: process_ended(pid), timeout=60,
+                                 message=f"process {pid} to end"))
+    finally:
+        daemon.cleanup()
