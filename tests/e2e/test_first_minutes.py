@@ -6,7 +6,9 @@ files the daemon ignores, and config changes while it runs. No mini-cluster is n
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import stat
 import sys
 from collections.abc import Iterator
@@ -130,6 +132,35 @@ def test_status_wait_gives_up_after_its_timeout_with_exit_1(served: LocalDaemon)
     unknown = served.nbtether("status", "--wait", "nothing", "--timeout", "20")
     assert unknown.returncode == 1
     assert "no session named 'nothing'" in unknown.stderr
+
+
+def test_a_busy_port_names_its_holder_and_a_save_with_a_free_one_serves(
+    served: LocalDaemon, tmp_path: Path
+) -> None:
+    """A session whose port another program holds shows no URL, names the holder and says
+    it tries again; saving the file with a free port makes it ready there."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        served.drop("crowded", local_session_yaml(busy, tmp_path))
+
+        def refused() -> dict[str, Any] | None:
+            row = served.status().get("crowded")
+            return row if row and "is held by" in str(row["message"]) else None
+
+        row = wait_for(refused, timeout=60, message="the busy port to be reported")
+        assert not row["url"]
+        assert f"127.0.0.1:{busy} is held by" in row["message"]
+        assert f"(pid {os.getpid()})" in row["message"]
+        assert "trying again every 30 s" in row["message"]
+        port = free_port()
+        served.drop("crowded", local_session_yaml(port, tmp_path))
+        ready = served.wait_phase("crowded", "ready", timeout=90)
+    assert ready["url"].startswith(f"http://127.0.0.1:{port}/")
+    assert http_status(ready["url"].replace("/lab?", "/api/status?")) == 200
+    served.remove("crowded")
+    served.wait_gone("crowded", timeout=30)
 
 
 def test_the_daemon_logs_where_a_ready_notebook_is_without_its_token(
