@@ -18,6 +18,7 @@ import grp
 import os
 import pwd
 import stat
+import time
 from pathlib import Path
 
 
@@ -57,13 +58,28 @@ def check_directory(path: Path, home: Path | None = None) -> None:
             return
 
 
+# Session files are read on every pass over every session (they are validated together, for
+# their ports), so most reads find a file as it was: kept here, by path, with its stat when
+# read. Any change to a file changes its ctime (which, unlike mtime, no one can set back) or
+# its inode (a file renamed over it). But a file system's clock ticks every few ms, so a
+# file changed in the same tick as it is read could change again unseen: a file is kept
+# only once its last change is SETTLED_NS older than the read (git's "racy" entries).
+_KEPT: dict[str, tuple[tuple[int, ...], bytes]] = {}
+KEPT_FILES = 256
+SETTLED_NS = 20_000_000
+
+
 def read_own_file(path: Path, limit: int) -> bytes:
     """The bytes of `path`, a regular file of the user's, at most `limit` of them.
 
     Symlinks are followed, to a file the user owns only. Anything else (a FIFO, a device, a
     socket, a directory, another user's file, a file others can write to, a bigger file)
     raises `Untrusted` without being read, and a FIFO is never opened, so it cannot block.
+
+    Every call checks a fresh `stat` of the file; only the reading is skipped for a file
+    read before whose stat is the same (see `_KEPT`).
     """
+    now = time.time_ns()
     try:
         before = path.stat()
     except OSError as exc:
@@ -73,6 +89,11 @@ def read_own_file(path: Path, limit: int) -> bytes:
     _check_own_file(before)
     if before.st_size > limit:
         raise Untrusted(f"the file is larger than {_size(limit)} ({_size(before.st_size)})")
+    identity = (before.st_dev, before.st_ino, before.st_mode, before.st_uid, before.st_size,
+                before.st_mtime_ns, before.st_ctime_ns)
+    kept = _KEPT.get(str(path))
+    if kept is not None and kept[0] == identity:
+        return kept[1]
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
@@ -84,6 +105,10 @@ def read_own_file(path: Path, limit: int) -> bytes:
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise Untrusted(f"the file is larger than {_size(limit)}")
+    if now - before.st_ctime_ns > SETTLED_NS:
+        if len(_KEPT) >= KEPT_FILES:
+            _KEPT.clear()
+        _KEPT[str(path)] = (identity, data)
     return data
 
 

@@ -1,15 +1,20 @@
-"""Which directories the daemon trusts: StrictModes up to the home directory."""
+"""Which directories and files the daemon trusts: StrictModes up to the home directory."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from nbtether import trust
 from nbtether.errors import ConfigError
 from nbtether.state import StateStore
-from nbtether.trust import Untrusted, check_directory
+from nbtether.trust import SETTLED_NS, Untrusted, check_directory, read_own_file
+
+LIMIT = 1024
 
 
 def test_a_private_tree_under_home_is_trusted(tmp_path: Path) -> None:
@@ -61,3 +66,72 @@ def test_an_unsafe_state_directory_stops_the_daemon(tmp_path: Path,
     with pytest.raises(ConfigError, match=r"^state_dir: .*shared is writable by others"):
         StateStore(tmp_path / "shared" / "nbtether").prepare()
     assert not (tmp_path / "shared" / "nbtether").exists()
+
+
+def _count_opens(monkeypatch: pytest.MonkeyPatch, path: Path) -> list[int]:
+    """The daemon's opens of `path`, one entry each."""
+    opens: list[int] = []
+    real_open = os.open
+
+    def counting(name: str | os.PathLike[str], *args: int) -> int:
+        if os.fspath(name) == os.fspath(path):
+            opens.append(1)
+        return real_open(name, *args)
+
+    monkeypatch.setattr(trust.os, "open", counting)
+    return opens
+
+
+def _settle() -> None:
+    """Let the last change grow older than a read trusts its stat for."""
+    time.sleep(2 * SETTLED_NS / 1e9)
+
+
+def test_a_file_is_read_again_once_edited_chmodded_or_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unchanged file is read once; one edited in place (same size, mtime set back),
+    chmodded or replaced by another is checked and read again."""
+    path = tmp_path / "a.yaml"
+    path.write_bytes(b"local_port: 8801\n")
+    opens = _count_opens(monkeypatch, path)
+    _settle()
+    assert read_own_file(path, LIMIT) == b"local_port: 8801\n"
+    assert read_own_file(path, LIMIT) == b"local_port: 8801\n"
+    assert len(opens) == 1  # kept, so what follows shows when it is not
+
+    mtime = path.stat().st_mtime_ns
+    with path.open("r+b") as handle:
+        handle.write(b"local_port: 8802\n")
+    os.utime(path, ns=(mtime, mtime))
+    _settle()
+    assert read_own_file(path, LIMIT) == b"local_port: 8802\n"
+
+    path.chmod(0o666)
+    with pytest.raises(Untrusted, match="others can write to the file"):
+        read_own_file(path, LIMIT)
+    path.chmod(0o600)
+    _settle()
+    before = len(opens)
+    assert read_own_file(path, LIMIT) == b"local_port: 8802\n"
+    assert len(opens) == before + 1
+
+    other = tmp_path / "other"
+    other.write_bytes(b"local_port: 8803\n")
+    os.utime(other, ns=(mtime, mtime))
+    os.replace(other, path)
+    _settle()
+    assert read_own_file(path, LIMIT) == b"local_port: 8803\n"
+
+
+def test_a_file_read_just_after_a_change_is_read_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within a tick of the file system's clock a file can change again and keep its stat,
+    so a file read less than SETTLED_NS after its last change is not kept."""
+    path = tmp_path / "a.yaml"
+    path.write_bytes(b"local_port: 8801\n")
+    opens = _count_opens(monkeypatch, path)
+    changed = path.stat().st_ctime_ns
+    monkeypatch.setattr(trust, "time", SimpleNamespace(time_ns=lambda: changed + 1_000_000))
+    read_own_file(path, LIMIT)
+    read_own_file(path, LIMIT)
+    assert len(opens) == 2
