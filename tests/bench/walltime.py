@@ -60,9 +60,10 @@ class Prober:
         threading.Thread(target=self._loop, daemon=True).start()
 
     def stop(self) -> None:
-        """End probing."""
-        self._stop.set()
-        self.stopped_at = time.monotonic()
+        """End probing (once: a second call changes nothing)."""
+        if self.stopped_at is None:
+            self._stop.set()
+            self.stopped_at = time.monotonic()
 
     def _loop(self) -> None:
         """Probe on a fixed schedule (a slow probe delays the next one) until stopped."""
@@ -245,12 +246,18 @@ def run(cluster: Cluster, daemon: BenchDaemon) -> FigureResult:
         scenarios = [with_handover, without, by_hand]
 
         def done() -> bool:
-            """Update each scenario's recovery; True when all have recovered."""
+            """Update each scenario's recovery and stop probing it AFTER s later, so that
+            each is measured across one walltime end (the 1-min jobs would meet a second
+            one while the 3-min job waits for its own); True when all have recovered."""
             daemon_recovered(daemon, "handover", with_handover)
             daemon_recovered(daemon, "no-handover", without)
             by_hand.recovered_at = manual.recovered_at
             if manual.error:
                 raise RuntimeError(f"manual cycle failed: {manual.error}")
+            now = time.monotonic()
+            for scenario in scenarios:
+                if scenario.recovered_at is not None and now - scenario.recovered_at >= AFTER:
+                    scenario.prober.stop()
             return finished(scenarios)
 
         wait_for(done, DEADLINE, interval=0.5, message="every scenario to recover")
