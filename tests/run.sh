@@ -25,10 +25,11 @@ pytest_part() {
 # Most tests on two workers: an end-to-end test mostly waits for a walltime, so their waits
 # overlap. Tests of one xdist_group share a worker. Then, alone, the tests that change the
 # mini-cluster for every job (marker cluster_wide). Both parts run, so a run reports every
-# failure; either one failing fails the run.
+# failure; either one failing fails the run. Each part lists its slowest tests, the
+# simulation's default run among them (its budget is 60 s).
 failed=0
-pytest_part -n 2 --dist loadgroup -m "not cluster_wide" "$@" || failed=1
-pytest_part -m cluster_wide "$@" || failed=1
+pytest_part -n 2 --dist loadgroup -m "not cluster_wide" --durations=15 "$@" || failed=1
+pytest_part -m cluster_wide --durations=15 "$@" || failed=1
 ruff check .
 mypy --strict daemon
 exit "$failed"
