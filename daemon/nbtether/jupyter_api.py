@@ -62,6 +62,24 @@ async def request(
     return _parse(raw)
 
 
+NOT_FOUND = object()  # what `get_json` returns for a 404
+
+
+async def get_json(
+    opener: Opener, target: Endpoint, path: str, token: str, timeout: float = 10.0
+) -> object:
+    """The parsed JSON body of a GET with the token; `NOT_FOUND` for 404; None otherwise."""
+    answer = await request(opener, target, "GET", path, token, timeout=timeout)
+    if answer is None or answer.status not in (200, 404):
+        return None
+    if answer.status == 404:
+        return NOT_FOUND
+    try:
+        return json.loads(answer.body)
+    except ValueError:
+        return None
+
+
 def _parse(raw: bytes) -> Response | None:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -95,16 +113,13 @@ async def carry_kernels(opener: Opener, old: Endpoint, new: Endpoint, token: str
 
 
 async def _carry(opener: Opener, old: Endpoint, new: Endpoint, token: str) -> int:
-    listed = await request(opener, old, "GET", "/api/sessions", token)
-    try:
-        sessions = json.loads(listed.body) if listed and listed.status == 200 else []
-    except ValueError:
-        sessions = []
+    sessions = await get_json(opener, old, "/api/sessions", token)
     wanted = [
         # A session's kernel runs in the directory of its notebook, as Jupyter would start it.
         {"kernel_id": session["kernel"]["id"], "name": session["kernel"]["name"],
          "path": posixpath.dirname(session["path"])}
-        for session in sessions if isinstance(session, dict) and _carriable(session)
+        for session in (sessions if isinstance(sessions, list) else [])
+        if isinstance(session, dict) and _carriable(session)
     ]
     answers = await asyncio.gather(*(
         request(opener, new, "POST", "/api/kernels", token, body) for body in wanted))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import os
 import resource
 from collections.abc import Callable
@@ -22,7 +21,7 @@ import structlog
 
 from nbtether import portpage
 from nbtether.jobs import Endpoint
-from nbtether.jupyter_api import Opener, request
+from nbtether.jupyter_api import NOT_FOUND, Opener, get_json, request
 from nbtether.plan import Activity
 
 log = structlog.get_logger(__name__)
@@ -111,7 +110,7 @@ class Tunnel:
         self._tasks.add(task)
         self.open_connections += 1
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, task)
         except asyncio.CancelledError:
             pass  # closing the tunnel; start_server would log a cancelled handler as an error
         finally:
@@ -119,7 +118,10 @@ class Tunnel:
             self._tasks.discard(task)
             writer.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        task: asyncio.Task[None],
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hold
         while True:
@@ -143,8 +145,6 @@ class Tunnel:
                 if self.waiting is not None:
                     await self._answer_waiting(reader, writer)
                 return
-        task = asyncio.current_task()
-        assert task is not None
         self._forwarded[task] = target
         try:
             await splice(reader, writer, remote_reader, remote_writer)
@@ -269,9 +269,9 @@ async def jupyter_activity(
     moments: list[datetime] = []
     busy = False
     for path in ("/api/kernels", "/api/terminals"):
-        items = await _get_json(opener, target, f"{path}?no_track_activity=1", token, timeout)
+        items = await get_json(opener, target, f"{path}?no_track_activity=1", token, timeout)
         if not isinstance(items, list):
-            if path == "/api/terminals" and items is _NOT_FOUND:
+            if path == "/api/terminals" and items is NOT_FOUND:
                 continue  # terminals disabled
             return None
         for item in items:
@@ -282,23 +282,6 @@ async def jupyter_activity(
                 moments.append(datetime.fromisoformat(str(item["last_activity"])))
     return Activity(last=max(moments, default=None), busy=busy)
 
-
-_NOT_FOUND = object()
-
-
-async def _get_json(
-    opener: Opener, target: Endpoint, path: str, token: str, timeout: float
-) -> object:
-    """The parsed JSON body of a GET with the token; `_NOT_FOUND` for 404; None otherwise."""
-    answer = await request(opener, target, "GET", path, token, timeout=timeout)
-    if answer is None or answer.status not in (200, 404):
-        return None
-    if answer.status == 404:
-        return _NOT_FOUND
-    try:
-        return json.loads(answer.body)
-    except ValueError:
-        return None
 
 
 def raise_descriptor_limit() -> int:
