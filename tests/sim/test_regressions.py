@@ -110,6 +110,12 @@ CASES = {
                    ("node_fail", 664, 20), ("browse", 119, 5), ("drop", 553, 5),
                    ("create", 229, 1), ("wait", 6, 1200), ("move_port", 916, 1),
                    ("delete", 382, 5), ("login_down", 933, 60), ("login_up", 114, 300))),
+    31057: ("the checker wanted a deleted session's job cancelled soon after the host key was "
+            "put right with no session file left to touch: the daemon learns of it only at its "
+            "next retry of a refused login, up to 10 min later (then it cancels the job)",
+            _events(("create", 399, 5), ("create", 687, 5), ("edit", 558, 20),
+                    ("host_key", 139, 20), ("delete", 993, 20), ("host_key", 782, 60),
+                    ("wait", 50, 300), ("wait", 50, 1200))),
     20256: ("the checker judged an idle stop by the idle_stop of a file written after it, "
             "not by the file the daemon stopped the job under",
             _events(("create", 25, 20), ("start", 70, 60), ("touch", 237, 60),

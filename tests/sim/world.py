@@ -33,6 +33,7 @@ from nbtether.jobs import Endpoint
 from nbtether.plan import Activity
 from nbtether.portpage import Waiting
 from nbtether.reconciler import Reconciler
+from nbtether.remote import PERMANENT_RETRY_DELAY
 from nbtether.spec import InvalidSpec, SessionSpec, check_files, load_sessions
 from nbtether.state import Record, StateStore
 from nbtether.tunnel import Answer
@@ -203,6 +204,9 @@ class World:
         self.notes: list[str] = []
         self.disturbed_at = 0.0  # healthy time at the last disturbance of the whole world
         self.healthy_time = 0.0  # virtual seconds with the daemon up and the cluster healthy
+        # A login put right with no session file saved after it: the daemon learns of it at
+        # its next retry of a refused login, which comes this late at the latest.
+        self.login_unseen_until = 0.0
         self._bad_since: dict[tuple[str, str], float] = {}
         self._looked_at: set[tuple[str, str]] = set()  # conditions checked in this step
         self._checked_submissions = 0
@@ -279,6 +283,7 @@ class World:
             path.unlink(missing_ok=True)
         else:
             path.write_text(content)
+            self.login_unseen_until = 0.0  # saving a session file retries a refused login
             self._mtime += 1
             stamp = int(self.wall().timestamp()) * 10**9 + self._mtime  # unique, reproducible
             os.utime(path, ns=(stamp, stamp))
@@ -398,6 +403,7 @@ class World:
                 link.drop()
         elif self.cluster.host_key_changed:
             self.cluster.host_key_changed = False
+            self.login_unseen_until = self.now() + PERMANENT_RETRY_DELAY  # unless a file is saved
             for name, truth in self.truth.items():
                 if truth.content is not None:
                     self._write(name, truth.content)  # what the docs tell the user to do
@@ -514,7 +520,7 @@ class World:
     def _healthy(self) -> bool:
         cluster = self.cluster
         return (self.daemon is not None and cluster.controller_up and cluster.login_up
-                and not cluster.host_key_changed)
+                and not cluster.host_key_changed and self.now() >= self.login_unseen_until)
 
     def records(self) -> dict[str, Record]:
         """The daemon's records: in memory while it runs, on disk while it is down."""
