@@ -62,6 +62,12 @@ class ClusterConfig(BaseModel):
         None,
         description="ssh-agent socket; default $SSH_AUTH_SOCK (often unset under systemd).",
     )
+    use_openssh: bool = Field(
+        True,
+        description="Let the system's OpenSSH client (`ssh -M`) carry the tunnels' bytes when "
+        "it can log in without a person and without a jump host; `false` keeps them in the "
+        "daemon.",
+    )
     poll_interval: float = Field(
         60.0, ge=30.0,
         description="Seconds between squeue (or qstat) calls for all sessions (never closer "

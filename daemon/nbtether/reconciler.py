@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 
@@ -24,6 +25,7 @@ from nbtether.config import Settings
 from nbtether.errors import LoginRequired, NbtetherError, PermanentError
 from nbtether.jobs import Endpoint
 from nbtether.jupyter_api import Opener, carry_kernels
+from nbtether.openssh import Forward, OnEnd
 from nbtether.plan import (
     Activity,
     Cancel,
@@ -43,7 +45,14 @@ from nbtether.plan import (
 from nbtether.portpage import Waiting
 from nbtether.spec import SUFFIXES, InvalidSpec, SessionSpec, Spec, load_sessions, session_files
 from nbtether.state import Record, StateStore
-from nbtether.tunnel import Answer, Tunnel, jupyter_activity, port_holder, probe
+from nbtether.tunnel import (
+    Answer,
+    Carrier,
+    Tunnel,
+    jupyter_activity,
+    port_holder,
+    probe,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -284,6 +293,7 @@ class Reconciler:
                 f"({exc.strerror})"
             return False
         tunnel.on_demand = lambda: self._demand(name)
+        tunnel.carrier = self._carrier(name)
         self.tunnels[name] = tunnel
         if old is not None:
             tunnel.point(old.target)
@@ -317,6 +327,13 @@ class Reconciler:
             return await self.backends[record.cluster].open_connection(host, port)
 
         return open_to
+
+    def _carrier(self, name: str) -> Carrier:
+        def carry(client: socket.socket, host: str, port: int, on_end: OnEnd) -> Forward | None:
+            record = self.records[name]
+            return self.backends[record.cluster].carry(client, host, port, on_end)
+
+        return carry
 
     def _save(self, record: Record) -> None:
         if record != self.records.get(record.name):  # most passes change nothing

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import shlex
+import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from typing import Any, Protocol
 import asyncssh
 import structlog
 
-from nbtether import sshpatch
+from nbtether import openssh, sshpatch
 from nbtether.config import ClusterConfig
 from nbtether.errors import (
     AuthError,
@@ -226,9 +227,14 @@ class SshLink:
         config: ClusterConfig,
         on_up: Callable[[asyncssh.SSHClientConnection], Awaitable[None]],
         on_change: Callable[[], None],
+        carrier_key: str | None = None,
     ) -> None:
+        """`carrier_key` (unique per daemon and cluster): run an OpenSSH master to carry
+        the tunnels' bytes whenever the login needs no person (`openssh`)."""
         self.name = name
         self.config = config
+        self._carrier_key = carrier_key
+        self._master: openssh.Master | None = None
         self.error: NbtetherError | None = ClusterUnreachable("not connected yet")
         self._on_up = on_up
         self._on_change = on_change
@@ -280,7 +286,9 @@ class SshLink:
         finally:
             self._person = self._login_result = None
 
-    async def _connect(self, person: Person | None) -> asyncssh.SSHClientConnection:
+    async def _connect(self, person: Person | None) -> tuple[asyncssh.SSHClientConnection, bool]:
+        """The connection, and whether OpenSSH could log in the same way alone (no person
+        answered a prompt, no jump host)."""
         host = self.config.host or ""
         options = connect_options(self.config)
         if person is not None:
@@ -311,7 +319,7 @@ class SshLink:
         conn.set_tunnel(tunnel)  # closing the login node's connection closes the hops too
         if client.answered:
             conn.set_keepalive(KEEPALIVE_INTERVAL, LOGIN_KEEPALIVE_COUNT)
-        return conn
+        return conn, tunnel is None and not client.needs_person
 
     def _settle(self, person: Person | None, error: NbtetherError | None) -> None:
         """Tell a waiting `login()` that the link is up, or why the attempt it answered failed.
@@ -332,7 +340,7 @@ class SshLink:
             person = self._person
             self._retry_now.clear()  # a login() during the attempt keeps its wake-up
             try:
-                conn = await self._connect(person)
+                conn, alone = await self._connect(person)
             except NbtetherError as exc:
                 self._settle(person, exc)
                 self.error = exc
@@ -354,6 +362,7 @@ class SshLink:
             self._conn, self.error = conn, None
             self._up.set()
             log.info("ssh connected", cluster=self.name)
+            carrier = self._carry_with_openssh() if alone else None
             try:
                 try:
                     await self._on_up(conn)
@@ -364,9 +373,32 @@ class SshLink:
             finally:
                 self._conn = None
                 self._up.clear()
+                if carrier is not None:
+                    carrier.cancel()
+                    await asyncio.gather(carrier, return_exceptions=True)
+                self._master = None
             self.error = ClusterUnreachable(f"connection to {self.config.host} lost")
             log.warning("ssh connection lost", cluster=self.name)
             self._on_change()
+
+    def _carry_with_openssh(self) -> asyncio.Task[None] | None:
+        """Start the OpenSSH master, if this link should have one and can."""
+        if self._carrier_key is None:
+            return None
+        path = openssh.control_path(self._carrier_key)
+        if path is None:
+            log.info("no private directory for an OpenSSH control socket; tunnels carry "
+                     "their own bytes", cluster=self.name)
+            return None
+        self._master = openssh.Master(self.name, openssh.master_argv(self.config, path, CIPHERS),
+                                      path)
+        return asyncio.create_task(self._master.run(), name=f"openssh-{self.name}")
+
+    def carry(self, client: socket.socket, host: str, port: int,
+              on_end: openssh.OnEnd) -> openssh.Forward | None:
+        """Hand a connection to the OpenSSH master, to host:port from the login node; None
+        when there is no master up to take it."""
+        return self._master.carry(client, host, port, on_end) if self._master else None
 
     async def wait_up(self, timeout: float) -> bool:
         """Wait until connected; False on timeout."""

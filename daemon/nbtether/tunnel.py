@@ -1,9 +1,10 @@
 """The fixed local port: a listener on 127.0.0.1 that forwards each connection to the job.
 
-The daemon owns the listener, and each accepted connection opens its own channel to the
-*current* target. Moving to a successor job is a pointer swap: the port is never unbound,
-new connections go to the new job, and those still open to the old one are closed when it
-is about to end, so that their pages reconnect to the new one.
+The daemon owns the listener, and each accepted connection goes to the *current* target:
+handed whole to OpenSSH where a master carries the cluster's tunnels (`openssh`), else
+through a channel of its own. Moving to a successor job is a pointer swap: the port is never
+unbound, new connections go to the new job, and those still open to the old one are closed
+when it is about to end, so that their pages reconnect to the new one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import enum
 import os
 import resource
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,7 @@ import structlog
 from nbtether import portpage
 from nbtether.jobs import Endpoint
 from nbtether.jupyter_api import NOT_FOUND, Opener, get_json, request
+from nbtether.openssh import Forward, OnEnd
 from nbtether.plan import Activity
 
 log = structlog.get_logger(__name__)
@@ -34,6 +37,12 @@ HEAD_TIMEOUT = 10.0  # seconds a connection may take to send its request when no
 # every other session failed with EMFILE.
 MAX_CONNECTIONS = 256
 DESCRIPTORS_WHEN_UNLIMITED = 10240  # macOS's OPEN_MAX: the most it allows per process
+BACKLOG = 128
+ACCEPT_RETRY_DELAY = 1.0  # after accept() fails for want of descriptors
+
+# Hands a connection to something outside the daemon that carries it to host:port (None:
+# nothing can now); `on_end` hears when that connection ends.
+Carrier = Callable[[socket.socket, str, int, OnEnd], Forward | None]
 
 
 class Tunnel:
@@ -49,10 +58,12 @@ class Tunnel:
         self.open_connections = 0
         self._opener = opener
         self._on_failure = on_failure
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self._moved = asyncio.Event()  # set (and replaced) whenever the target changes
         self._tasks: set[asyncio.Task[None]] = set()
         self._forwarded: dict[asyncio.Task[None], Endpoint] = {}  # connection → its job
+        self._carried: dict[Forward, Endpoint] = {}  # connections OpenSSH carries → their job
+        self.carrier: Carrier | None = None
         self._refusing = False
         self.waiting: portpage.Waiting | None = None
         # Called when a request that is not an open page's own traffic finds no notebook:
@@ -61,7 +72,9 @@ class Tunnel:
 
     async def listen(self) -> None:
         """Bind 127.0.0.1:port (never all interfaces); OSError if the port is taken."""
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._listener = socket.create_server(("127.0.0.1", self.port), backlog=BACKLOG)
+        self._listener.setblocking(False)
+        asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept_all)
 
     def point(self, target: Endpoint | None) -> None:
         """Send new connections to `target` (None: hold them until there is one, or answer
@@ -82,6 +95,9 @@ class Tunnel:
         for task, target in list(self._forwarded.items()):
             if target == endpoint:
                 task.cancel()
+        for forward, target in list(self._carried.items()):
+            if target == endpoint:
+                forward.close()
 
     def _nudge(self) -> None:
         self._moved.set()
@@ -89,33 +105,86 @@ class Tunnel:
 
     async def close(self) -> None:
         """Unbind and drop every open connection."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._listener is not None:
+            self._stop_accepting()
+            self._listener.close()
+        for forward in list(self._carried):
+            forward.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _stop_accepting(self) -> None:
+        if self._listener is not None and self._listener.fileno() >= 0:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None and self._listener.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._accept_all)
+
+    def _accept_all(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: try again in a moment, not in a loop
+                log.warning("cannot accept connections", port=self.port, error=str(exc))
+                self._stop_accepting()
+                asyncio.get_running_loop().call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
+                return
+            self._take(client)
+
+    def _take(self, client: socket.socket) -> None:
         if self.open_connections >= MAX_CONNECTIONS:
             if not self._refusing:
                 log.warning("too many connections; closing new ones", port=self.port,
                             limit=MAX_CONNECTIONS)
             self._refusing = True
-            writer.transport.abort()  # frees the descriptor now, without a goodbye
+            client.close()  # frees the descriptor now, without a goodbye
             return
         self._refusing = False
+        client.setblocking(False)
+        # Small writes go out at once, as `ssh -L` sets for its connections.
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.open_connections += 1
+        target = self.target
+        if target is not None and self.carrier is not None:
+            forward = self.carrier(client, target.address, target.port, self._carried_end)
+            if forward is not None:
+                self._carried[forward] = target
+                return
+        self._serve_here(client)
+
+    def _carried_end(self, forward: Forward, client: socket.socket | None) -> None:
+        """OpenSSH closed a connection; one it never took is served here instead."""
+        del self._carried[forward]
+        if client is None:
+            self.open_connections -= 1
+        else:
+            self._serve_here(client)
+
+    def _serve_here(self, client: socket.socket) -> None:
+        task = asyncio.create_task(self._accept(client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, client: socket.socket) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
-        self.open_connections += 1
+        try:
+            reader, writer = await asyncio.open_connection(sock=client)
+        except (OSError, asyncio.CancelledError):
+            client.close()
+            self.open_connections -= 1
+            return
         try:
             await self._serve(reader, writer, task)
         except asyncio.CancelledError:
-            pass  # closing the tunnel; start_server would log a cancelled handler as an error
+            pass  # closing the tunnel, or severing the connection
         finally:
             self.open_connections -= 1
-            self._tasks.discard(task)
             writer.close()
 
     async def _serve(

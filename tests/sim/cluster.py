@@ -293,7 +293,8 @@ class SimLink:
     """`SshLink` for the simulated login node: latency, drops, refused host keys."""
 
     def __init__(self, world: World, name: str, config: Any,
-                 on_up: Callable[[Any], Any], on_change: Callable[[], None]) -> None:
+                 on_up: Callable[[Any], Any], on_change: Callable[[], None],
+                 carrier_key: str | None) -> None:
         self.world = world
         self.name = name
         self.config = config

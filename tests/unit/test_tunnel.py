@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nbtether.jobs import Endpoint
+from nbtether.openssh import Forward, OnEnd
 from nbtether.plan import Activity
 from nbtether.portpage import Waiting, render
 from nbtether.tunnel import Tunnel, jupyter_activity, port_holder
@@ -55,8 +56,8 @@ async def test_new_connections_follow_the_target_and_the_port_is_loopback_only()
     tunnel = Tunnel(port, asyncio.open_connection, lambda: None)
     await tunnel.listen()
     try:
-        assert tunnel._server is not None
-        assert {sock.getsockname()[0] for sock in tunnel._server.sockets} == {"127.0.0.1"}
+        assert tunnel._listener is not None
+        assert tunnel._listener.getsockname()[0] == "127.0.0.1"
         tunnel.point(Endpoint(node="c1", address="127.0.0.1", port=first_port))
         assert await _ask(port) == b"first"
         tunnel.point(Endpoint(node="c2", address="127.0.0.1", port=second_port))
@@ -123,6 +124,48 @@ async def test_severing_closes_the_old_jobs_connections_only() -> None:
         await tunnel.close()
         old_job.close()
         new_job.close()
+
+
+async def test_severing_closes_only_the_old_jobs_carried_connections() -> None:
+    """The tunnel hands connections to its carrier and closes those of a job it leaves."""
+    old = Endpoint(node="c1", address="127.0.0.1", port=1)
+    new = Endpoint(node="c2", address="127.0.0.1", port=2)
+    closed: list[str] = []
+
+    class Carried(Forward):
+        def __init__(self, host: str, port: int, on_end: OnEnd) -> None:  # no OpenSSH here
+            self.name, self.on_end = f"{host}:{port}", on_end
+
+        def close(self) -> None:
+            closed.append(self.name)
+            self.on_end(self, None)
+
+    handed: asyncio.Queue[socket.socket] = asyncio.Queue()
+
+    def carry(client: socket.socket, host: str, port: int, on_end: OnEnd) -> Forward:
+        handed.put_nowait(client)
+        return Carried(host, port, on_end)
+
+    port = _free_port()
+    tunnel = Tunnel(port, asyncio.open_connection, lambda: None)
+    tunnel.carrier = carry
+    await tunnel.listen()
+    clients: list[socket.socket] = []
+    try:
+        for target in (old, new):
+            tunnel.point(target)
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            clients.append(await asyncio.wait_for(handed.get(), 5))
+            writer.close()
+        assert tunnel.open_connections == 2
+        tunnel.sever(old)
+        assert closed == ["127.0.0.1:1"]
+        assert tunnel.open_connections == 1
+    finally:
+        await tunnel.close()
+        for client in clients:
+            client.close()
+    assert closed == ["127.0.0.1:1", "127.0.0.1:2"]
 
 
 async def test_an_unreachable_target_is_reported() -> None:

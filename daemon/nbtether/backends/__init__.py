@@ -7,12 +7,14 @@ implement it.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Protocol
 
 from nbtether.errors import NbtetherError
 from nbtether.jobs import Endpoint, JobInfo
+from nbtether.openssh import Forward, OnEnd
 from nbtether.spec import SessionSpec
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -61,6 +63,11 @@ class Backend(Protocol):
 
     async def open_connection(self, host: str, port: int) -> Streams:
         """A byte stream to host:port as seen from the cluster."""
+
+    def carry(self, client: socket.socket, host: str, port: int,
+              on_end: OnEnd) -> Forward | None:
+        """Hand a local connection to OpenSSH, to host:port as seen from the cluster; None
+        when nothing outside the daemon can carry it now."""
 
     def output(self, session: str, job_id: str, follow: bool) -> AsyncIterator[str]:
         """The job's output (Jupyter's log), line by line."""

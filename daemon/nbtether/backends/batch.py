@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from nbtether.errors import (
     SubmissionUnconfirmed,
 )
 from nbtether.jobs import Endpoint, JobInfo, JobState, unknown
+from nbtether.openssh import Forward, OnEnd
 from nbtether.remote import SshLink, bash
 from nbtether.spec import SessionSpec
 
@@ -47,7 +49,7 @@ PRUNE_EVERY = 600.0  # seconds between prunings of cached final states nobody as
 
 LinkFactory = Callable[
     [str, ClusterConfig, Callable[[asyncssh.SSHClientConnection], Awaitable[None]],
-     Callable[[], None]],
+     Callable[[], None], str | None],
     SshLink,
 ]
 
@@ -108,7 +110,8 @@ class BatchBackend:
         self._notify = on_change
         self._watch_interval = watch_interval
         self._clock = clock
-        self.link = link(name, config, self._on_connected, lambda: on_change(None))
+        carrier_key = f"{instance}-{name}" if config.use_openssh else None
+        self.link = link(name, config, self._on_connected, lambda: on_change(None), carrier_key)
         self._jobs: dict[str, JobInfo] = {}
         self._finished: dict[str, JobInfo] = {}  # final states from the accounting
         self._forgotten: set[str] = set()  # jobs neither the poll nor the accounting knows
@@ -464,6 +467,11 @@ class BatchBackend:
     async def open_connection(self, host: str, port: int) -> Streams:
         """A channel from the login node to the compute node's notebook."""
         return await self.link.open_connection(host, port)
+
+    def carry(self, client: socket.socket, host: str, port: int,
+              on_end: OnEnd) -> Forward | None:
+        """Hand a connection to OpenSSH, to the compute node's notebook."""
+        return self.link.carry(client, host, port, on_end)
 
     async def output(self, session: str, job_id: str, follow: bool) -> AsyncIterator[str]:
         """The job's output file, optionally followed."""

@@ -31,6 +31,7 @@ from nbtether.backends import Streams
 from nbtether.clock import Clock, system_clock
 from nbtether.errors import NbtetherError, SubmissionRejected
 from nbtether.jobs import Endpoint, JobInfo
+from nbtether.openssh import Forward, OnEnd
 from nbtether.spec import SessionSpec
 
 log = structlog.get_logger(__name__)
@@ -223,6 +224,11 @@ class LocalBackend:
     async def open_connection(self, host: str, port: int) -> Streams:
         """A plain TCP connection on this machine."""
         return await asyncio.open_connection(host, port)
+
+    def carry(self, client: socket.socket, host: str, port: int,
+              on_end: OnEnd) -> Forward | None:
+        """Local notebooks are one hop away: the tunnel copies their bytes itself."""
+        return None
 
     async def output(self, session: str, job_id: str, follow: bool) -> AsyncIterator[str]:
         """The notebook's log file."""
