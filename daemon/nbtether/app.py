@@ -83,7 +83,8 @@ class Daemon:
     def _make_backend(
         self, name: str, config: ClusterConfig, wake: Callable[[set[str] | None], None]
     ) -> Backend:
-        return make_backend(name, config, self._instance, self.store.root, wake, self.clock)
+        return make_backend(name, config, self._instance, self.store.root, wake, self.clock,
+                            tunnels=True)
 
     async def _stop_backend(self, name: str) -> None:
         if (poll := self._polls.pop(name, None)) is not None:

@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 import tempfile
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,7 @@ START_POLL = 0.05
 RESTART_DELAY = 30.0  # after the master exits while the daemon's own connection stays up
 SERVER_ALIVE_INTERVAL = 10
 SERVER_ALIVE_COUNT = 3
+ERROR_LINES = 5  # of OpenSSH's messages, kept for the log when the master exits
 
 
 def _u32(value: int) -> bytes:
@@ -111,7 +113,8 @@ def master_argv(config: ClusterConfig, path: Path, ciphers: list[str]) -> list[s
         "StrictHostKeyChecking": "yes", "UserKnownHostsFile": str(known_hosts),
         "GlobalKnownHostsFile": "/dev/null", "UpdateHostKeys": "no",
         "ForwardAgent": "no", "ForwardX11": "no", "ClearAllForwardings": "yes",
-        "PermitLocalCommand": "no", "ProxyJump": "none", "LogLevel": "ERROR",
+        "PermitLocalCommand": "no", "RemoteCommand": "none", "ProxyJump": "none",
+        "LogLevel": "ERROR",
         "ServerAliveInterval": str(SERVER_ALIVE_INTERVAL),
         "ServerAliveCountMax": str(SERVER_ALIVE_COUNT),
         "ConnectTimeout": str(int(START_TIMEOUT)), "Ciphers": ",".join(ciphers),
@@ -222,7 +225,7 @@ class Master:
             return False
         process = self._process
         assert process.stderr is not None
-        errors = asyncio.create_task(process.stderr.read())
+        errors = asyncio.create_task(_last_lines(process.stderr))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while process.returncode is None and not self.path.exists():
@@ -238,9 +241,8 @@ class Master:
             self._up = False
         else:
             await self._stop()
-        message = (await errors).decode(errors="replace").strip()
         log.info("OpenSSH master exited; tunnels carry their own bytes", cluster=self.name,
-                 status=process.returncode, error=message or None)
+                 status=process.returncode, error=await errors or None)
         return came_up
 
     async def _stop(self) -> None:
@@ -270,6 +272,14 @@ class Master:
             control.close()
             return None
         return Forward(control, client, on_end)
+
+
+async def _last_lines(stream: asyncio.StreamReader) -> str:
+    """The last few lines a long-lived process wrote, read as it writes them."""
+    lines: deque[str] = deque(maxlen=ERROR_LINES)
+    async for line in stream:
+        lines.append(line.decode(errors="replace").rstrip())
+    return "\n".join(lines)
 
 
 def terminate(path: Path) -> None:

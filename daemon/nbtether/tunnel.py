@@ -146,8 +146,8 @@ class Tunnel:
             return
         self._refusing = False
         client.setblocking(False)
-        # Small writes go out at once, as `ssh -L` sets for its connections.
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):  # small writes go out at once, as in `ssh -L`
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.open_connections += 1
         target = self.target
         if target is not None and self.carrier is not None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from nbtether import openssh
+from nbtether.backends.batch import BatchBackend
+from nbtether.backends.kinds import make_backend
 from nbtether.config import ClusterConfig
 from nbtether.remote import CIPHERS
 
@@ -132,3 +134,16 @@ async def test_a_connection_openssh_did_not_take_comes_back() -> None:
     assert await asyncio.wait_for(loop.sock_recv(peer, 64), 5) == b"still usable"
     client.close()
     peer.close()
+
+
+@pytest.mark.parametrize(("tunnels", "use_openssh", "master"),
+                         [(True, True, True), (True, False, False), (False, True, False)])
+def test_only_the_daemons_own_backends_run_a_master(tunnels: bool, use_openssh: bool,
+                                                    master: bool, tmp_path: Path) -> None:
+    """`nbtether logs` connects with the daemon's instance id: a master of its own would end
+    the daemon's (same control socket)."""
+    config = ClusterConfig(host="login", use_openssh=use_openssh)
+    backend = make_backend("hpc", config, "0123abcd", tmp_path, lambda _: None,
+                           tunnels=tunnels)
+    assert isinstance(backend, BatchBackend)
+    assert (backend.link._carrier_key == "0123abcd-hpc") is master

@@ -103,6 +103,7 @@ class BatchBackend:
         watch_interval: float = 0.25,  # each wake-up of bash costs the login node CPU
         clock: Clock = system_clock,
         link: LinkFactory = SshLink,  # the simulation passes a simulated login node
+        tunnels: bool = False,  # the daemon's: its sessions' connections may go to OpenSSH
     ) -> None:
         self.name = name
         self.config = config
@@ -110,7 +111,7 @@ class BatchBackend:
         self._notify = on_change
         self._watch_interval = watch_interval
         self._clock = clock
-        carrier_key = f"{instance}-{name}" if config.use_openssh else None
+        carrier_key = f"{instance}-{name}" if tunnels and config.use_openssh else None
         self.link = link(name, config, self._on_connected, lambda: on_change(None), carrier_key)
         self._jobs: dict[str, JobInfo] = {}
         self._finished: dict[str, JobInfo] = {}  # final states from the accounting

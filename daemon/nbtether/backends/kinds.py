@@ -24,11 +24,13 @@ def make_backend(
     state_root: Path,
     on_change: Callable[[set[str] | None], None],
     clock: Clock = system_clock,
+    tunnels: bool = False,
 ) -> Backend:
-    """The backend of one configured cluster, not yet started."""
+    """The backend of one configured cluster, not yet started; `tunnels`: the daemon's,
+    whose connections may be carried by an OpenSSH master (one per daemon and cluster)."""
     if config.kind == "local":
         return LocalBackend(name, state_root / "local", on_change, clock)
-    return BATCH[config.kind](name, config, instance, on_change, clock=clock)
+    return BATCH[config.kind](name, config, instance, on_change, clock=clock, tunnels=tunnels)
 
 
 def refusal(clusters: Mapping[str, ClusterConfig]) -> Refusal:
