@@ -45,14 +45,7 @@ from nbtether.plan import (
 from nbtether.portpage import Waiting
 from nbtether.spec import SUFFIXES, InvalidSpec, SessionSpec, Spec, load_sessions, session_files
 from nbtether.state import Record, StateStore
-from nbtether.tunnel import (
-    Answer,
-    Carrier,
-    Tunnel,
-    jupyter_activity,
-    port_holder,
-    probe,
-)
+from nbtether.tunnel import Answer, Carrier, Tunnel, jupyter_activity, port_holder, probe
 
 log = structlog.get_logger(__name__)
 

@@ -44,7 +44,8 @@ def noted(results: list[FigureResult], *holds: Hold) -> list[FigureResult]:
 def tunnel_group(cluster: Cluster, groups: set[str]) -> list[FigureResult]:
     """Figures 1, 2, 7 and 3 share one daemon (and one hold of the lock)."""
     results = []
-    with exclusive("tunnel/readiness") as hold, running_daemon(cluster, "tunnel") as daemon:
+    with (exclusive("tunnel/readiness") as hold,
+          running_daemon(cluster, "tunnel", tunnels.in_daemon_cluster(cluster)) as daemon):
         if "tunnel" in groups:
             results += guarded("tunnel", lambda: tunnels.run(cluster, daemon))
         if "readiness" in groups:

@@ -34,9 +34,9 @@ def say(message: str) -> None:
 
 
 def session_text(port: int, time: str = "00:30:00", handover: str = "0s", mem: str = "300M",
-                 cpus: str = "1") -> str:
-    """A session file for the testbed cluster."""
-    return session_yaml(port, time=time, handover=handover, mem=mem).replace(
+                 cpus: str = "1", cluster: str = "testbed") -> str:
+    """A session file for the testbed cluster (or another of the daemon's)."""
+    return session_yaml(port, time=time, handover=handover, mem=mem, cluster=cluster).replace(
         "  cpus: 1\n", f"  cpus: {int(cpus)}\n")
 
 
@@ -186,11 +186,12 @@ class Target:
 class BenchDaemon(Daemon):
     """A real `nbtether run` in a temporary directory, read through its state records."""
 
-    def __init__(self, cluster: Cluster, label: str) -> None:
-        """A daemon (not started yet) with its directories under a new temporary one."""
+    def __init__(self, cluster: Cluster, label: str, more: str = "") -> None:
+        """A daemon (not started yet) with its directories under a new temporary one;
+        `more` is added to its config (see `Daemon`)."""
         self.tmp = Path(tempfile.mkdtemp(prefix=f"nbtether-bench-{label}-"))
         self.ports: set[int] = set()
-        super().__init__(self.tmp, cluster)
+        super().__init__(self.tmp, cluster, more=more)
 
     @property
     def pid(self) -> int:
@@ -266,9 +267,9 @@ class BenchDaemon(Daemon):
 
 
 @contextlib.contextmanager
-def running_daemon(cluster: Cluster, label: str) -> Iterator[BenchDaemon]:
+def running_daemon(cluster: Cluster, label: str, more: str = "") -> Iterator[BenchDaemon]:
     """A started daemon that is disposed of (jobs cancelled) however the block ends."""
-    daemon = BenchDaemon(cluster, label)
+    daemon = BenchDaemon(cluster, label, more)
     daemon.start()
     try:
         yield daemon

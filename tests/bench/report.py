@@ -191,8 +191,11 @@ EXPLAIN = {
        "warm-up each. Jupyter streams the file from disk (its `/files/` handler is a static "
        "file handler); the body-only rate leaves out the request and the channel open.",
     2: "200 `GET /api/status` with `Authorization: token …` per tunnel, over one keep-alive "
-       "connection (http.client) and with a new connection each, in alternating blocks of 50 "
-       "after 10 warm-up requests. Percentiles are nearest-rank.",
+       "connection (http.client) and with a new connection each, in alternating blocks of 20 "
+       "after 10 warm-up requests. Percentiles are nearest-rank. Three tunnels: the daemon's "
+       "port (connections handed to its OpenSSH master), `ssh -N -L` to the same notebook, "
+       "and the port of a second session of the same daemon on a cluster entry with "
+       "`use_openssh: false` (the daemon copies the bytes itself, through asyncssh).",
     3: "For each fresh session, one thread polls `ss -ltnpH` every 10 ms for a new listening "
        "socket of hpcuser's Jupyter on 127.0.0.2/127.0.0.3 and then polls that Jupyter "
        "directly every 10 ms; another thread polls the local port every 10 ms. Both ask "

@@ -1,8 +1,9 @@
 """Figures 1, 2 and 7: the daemon's tunnel against OpenSSH's `ssh -N -L` to the same notebook.
 
 One session serves a notebook; an `ssh -N -L` through the same login node forwards a second
-local port to the same node and Jupyter port. Every comparison alternates the two tunnels
-so that both see the same machine state.
+local port to the same node and Jupyter port. Every comparison alternates the tunnels so
+that all see the same machine state. Figure 2 also measures a second session of the same
+daemon on a cluster entry with `use_openssh: false`, whose bytes the daemon copies itself.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ BIG_FILE = "nbtether-bench-300M.bin"
 BIG_SIZE = 300 * 1024 * 1024  # `head -c 300M` writes MiB
 THROUGHPUT_RUNS = 7  # per tunnel, alternating
 LATENCY_REQUESTS = 200  # per tunnel and mode
-LATENCY_BLOCKS = 4  # the 200 are taken in alternating blocks of 50
+LATENCY_BLOCKS = 10  # the 200 are taken in alternating blocks of 20
 LATENCY_WARMUP = 10
 PARALLEL_REQUESTS = 200
 ABORTS = 50
@@ -42,6 +43,15 @@ ABORT_CONCURRENCY = 5
 ABORT_AFTER_BYTES = 1024 * 1024
 CHANNEL_SETTLE = 15.0  # seconds the SSH channels get to close after the aborts
 SESSION = "transfer"
+IN_DAEMON = "in-daemon"  # the session and cluster entry whose bytes the daemon copies
+IN_DAEMON_LABEL = "nbtether, use_openssh: false"
+
+
+def in_daemon_cluster(cluster: Cluster) -> str:
+    """Config text for a second entry of the testbed cluster with `use_openssh: false`."""
+    return (f"  {IN_DAEMON}:\n    host: {cluster.host}\n    port: {cluster.port}\n"
+            f"    user: {cluster.user}\n    identity_file: {cluster.identity_file}\n"
+            f"    known_hosts: {cluster.known_hosts}\n    use_openssh: false\n")
 
 
 @contextlib.contextmanager
@@ -167,36 +177,41 @@ def fresh_latencies(port: int, token: str, count: int) -> list[float]:
 Measure = Callable[[int, str, int], list[float]]
 
 
-def alternate(measure: Measure, ports: dict[str, int], token: str) -> dict[str, list[float]]:
+def alternate(measure: Measure, ports: dict[str, int],
+              tokens: dict[str, str]) -> dict[str, list[float]]:
     """LATENCY_REQUESTS samples per tunnel, taken in alternating blocks after a warm-up."""
-    for port in ports.values():
-        measure(port, token, LATENCY_WARMUP)
+    for name, port in ports.items():
+        measure(port, tokens[name], LATENCY_WARMUP)
     block = LATENCY_REQUESTS // LATENCY_BLOCKS
     samples: dict[str, list[float]] = {name: [] for name in ports}
     for index in range(LATENCY_BLOCKS):
         names = list(ports) if index % 2 == 0 else list(reversed(ports))
         for name in names:
-            samples[name] += measure(ports[name], token, block)
+            samples[name] += measure(ports[name], tokens[name], block)
     return samples
 
 
-def latency(ports: dict[str, int], token: str) -> FigureResult:
+def latency(ports: dict[str, int], tokens: dict[str, str]) -> FigureResult:
     """Figure 2: p50/p99 of 200 small requests per tunnel, keep-alive and new connections."""
     say("figure 2: latency")
     modes = {"keep-alive": keepalive_latencies, "new connection": fresh_latencies}
     result = FigureResult(2, "Latency of small requests", plot="bench-latency.png")
     for mode, measure in modes.items():
-        samples = alternate(measure, ports, token)
+        samples = alternate(measure, ports, tokens)
         result.data[mode] = samples
-        ours, theirs = samples["nbtether"], samples["OpenSSH"]
-        p50 = percentile(ours, 50) / percentile(theirs, 50)
-        p99 = percentile(ours, 99) / percentile(theirs, 99)
-        result.rows.append(Row(
-            "2 latency", f"p50 ratio, {mode}", f"{p50:.2f}", "≤ 1.1", p50 <= 1.1,
-            f"p50 {percentile(ours, 50) * 1e3:.2f} vs {percentile(theirs, 50) * 1e3:.2f} ms"))
-        result.rows.append(Row(
-            "2 latency", f"p99 ratio, {mode}", f"{p99:.2f}", "", None,
-            f"p99 {percentile(ours, 99) * 1e3:.2f} vs {percentile(theirs, 99) * 1e3:.2f} ms"))
+        theirs = samples["OpenSSH"]
+        for name, label, target in (("nbtether", mode, "≤ 1.1"),
+                                    (IN_DAEMON_LABEL, f"{mode}, use_openssh: false", "")):
+            ours = samples[name]
+            p50 = percentile(ours, 50) / percentile(theirs, 50)
+            p99 = percentile(ours, 99) / percentile(theirs, 99)
+            result.rows.append(Row(
+                "2 latency", f"p50 ratio, {label}", f"{p50:.2f}", target,
+                p50 <= 1.1 if target else None,
+                f"p50 {percentile(ours, 50) * 1e3:.2f} vs {percentile(theirs, 50) * 1e3:.2f} ms"))
+            result.rows.append(Row(
+                "2 latency", f"p99 ratio, {label}", f"{p99:.2f}", "", None,
+                f"p99 {percentile(ours, 99) * 1e3:.2f} vs {percentile(theirs, 99) * 1e3:.2f} ms"))
     return result
 
 
@@ -294,14 +309,21 @@ def concurrency(port: int, target: Target) -> FigureResult:
 
 
 def run(cluster: Cluster, daemon: BenchDaemon) -> list[FigureResult]:
-    """Figures 1, 2 and 7 on one session of a running daemon."""
+    """Figures 1, 2 and 7 on one session of a running daemon (figure 2 with a second)."""
     port = daemon.drop_session(SESSION, time="00:30:00", mem="1G")
+    in_daemon_port = daemon.drop_session(IN_DAEMON, time="00:30:00", cluster=IN_DAEMON)
     with big_file(cluster):
-        daemon.wait_ready([SESSION], timeout=300)
+        daemon.wait_ready([SESSION, IN_DAEMON], timeout=300)
         target = wait_for(lambda: daemon.target(SESSION), 30, message="the endpoint")
+        in_daemon = wait_for(lambda: daemon.target(IN_DAEMON), 30, message="the endpoint")
         with openssh_forward(cluster, target) as ssh_port:
             ports = {"nbtether": port, "OpenSSH": ssh_port}
-            results = [throughput(ports, target.token), latency(ports, target.token)]
+            results = [throughput(ports, target.token)]
+            ports[IN_DAEMON_LABEL] = in_daemon_port
+            tokens = {"nbtether": target.token, "OpenSSH": target.token,
+                      IN_DAEMON_LABEL: in_daemon.token}
+            results.append(latency(ports, tokens))
         results.append(concurrency(port, target))
     daemon.remove(SESSION)
+    daemon.remove(IN_DAEMON)
     return results
