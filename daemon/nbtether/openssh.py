@@ -195,55 +195,51 @@ class Master:
         self._up = False
         self._request_id = 0
 
-    @property
-    def up(self) -> bool:
-        """Logged in, with its control socket open."""
-        return self._up
-
     async def run(self) -> None:
         """Start the master and keep it running (restarting it after it exits) until
         cancelled; give up when it cannot log in, which is the daemon's to report."""
-        try:
-            while True:
-                if not await self._run_once():
-                    return
-                await asyncio.sleep(RESTART_DELAY)
-        finally:
-            self._up = False
-            await self._stop()
+        while True:
+            if not await self._run_once():
+                return
+            await asyncio.sleep(RESTART_DELAY)
 
     async def _run_once(self) -> bool:
         """One master's life; False if it never came up."""
         await asyncio.to_thread(terminate, self.path)  # one left by a daemon that was killed
         try:
-            self._process = await asyncio.create_subprocess_exec(
+            process = await asyncio.create_subprocess_exec(
                 *self._argv, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         except OSError as exc:
             log.info("no OpenSSH client; tunnels carry their own bytes", cluster=self.name,
                      error=str(exc))
             return False
-        process = self._process
+        self._process = process
         assert process.stderr is not None
-        errors = asyncio.create_task(_last_lines(process.stderr))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        while process.returncode is None and not self.path.exists():
-            if loop.time() > deadline:
-                break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(process.wait()), START_POLL)
-        came_up = process.returncode is None and loop.time() <= deadline
-        if came_up:
-            self._up = True
-            log.info("OpenSSH carries the tunnels", cluster=self.name)
-            await process.wait()
+        errors = asyncio.ensure_future(_last_lines(process.stderr))
+        exited = asyncio.ensure_future(process.wait())
+        try:
+            came_up = await self._logged_in(exited)
+            if came_up:
+                self._up = True
+                log.info("OpenSSH carries the tunnels", cluster=self.name)
+                await exited
+        finally:
             self._up = False
-        else:
             await self._stop()
         log.info("OpenSSH master exited; tunnels carry their own bytes", cluster=self.name,
                  status=process.returncode, error=await errors or None)
         return came_up
+
+    async def _logged_in(self, exited: asyncio.Future[int]) -> bool:
+        """Wait until the master opens its control socket, which it does once logged in;
+        False if it exits or takes too long first."""
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while not self.path.exists():
+            if exited.done() or asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.wait({exited}, timeout=START_POLL)
+        return not exited.done()
 
     async def _stop(self) -> None:
         process, self._process = self._process, None
