@@ -237,7 +237,7 @@ class Reconciler:
                         tunnel.point(endpoint)
                 case Sever(endpoint):
                     if tunnel := self.tunnels.get(name):
-                        tunnel.sever(endpoint)
+                        await tunnel.sever(endpoint)
                 case Unlisten():
                     if tunnel := self.tunnels.pop(name, None):
                         await tunnel.close()

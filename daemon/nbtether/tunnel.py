@@ -38,6 +38,9 @@ HEAD_TIMEOUT = 10.0  # seconds a connection may take to send its request when no
 MAX_CONNECTIONS = 256
 DESCRIPTORS_WHEN_UNLIMITED = 10240  # macOS's OPEN_MAX: the most it allows per process
 BACKLOG = 128
+# At a switch, a connection to the old job opened this recently is most likely a request
+# on its way: it gets this long to finish before it is closed (the job is cancelled after).
+SEVER_GRACE = 1.0
 ACCEPT_RETRY_DELAY = 1.0  # after accept() fails for want of descriptors
 
 # Hands a connection to something outside the daemon that carries it to host:port (None:
@@ -61,8 +64,11 @@ class Tunnel:
         self._listener: socket.socket | None = None
         self._moved = asyncio.Event()  # set (and replaced) whenever the target changes
         self._tasks: set[asyncio.Task[None]] = set()
-        self._forwarded: dict[asyncio.Task[None], Endpoint] = {}  # connection → its job
-        self._carried: dict[Forward, Endpoint] = {}  # connections OpenSSH carries → their job
+        # Open connections → their job and when they were opened (the loop's clock): those
+        # this process copies, and those OpenSSH carries.
+        self._forwarded: dict[asyncio.Task[None], tuple[Endpoint, float]] = {}
+        self._carried: dict[Forward, tuple[Endpoint, float]] = {}
+        self._ended = asyncio.Event()  # set (and replaced) whenever a connection ends
         self.carrier: Carrier | None = None
         self._refusing = False
         self.waiting: portpage.Waiting | None = None
@@ -90,14 +96,33 @@ class Tunnel:
             self._nudge()  # held connections get the page now
         self.waiting = waiting
 
-    def sever(self, endpoint: Endpoint) -> None:
-        """Close the connections forwarded to `endpoint`."""
-        for task, target in list(self._forwarded.items()):
-            if target == endpoint:
-                task.cancel()
-        for forward, target in list(self._carried.items()):
-            if target == endpoint:
-                forward.close()
+    async def sever(self, endpoint: Endpoint) -> None:
+        """Close the connections forwarded to `endpoint`: those open for a while (a page's
+        websockets, idle keep-alives) at once, those just opened once they end or
+        SEVER_GRACE has passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SEVER_GRACE
+        for close, opened in self._connections_to(endpoint):
+            if opened < loop.time() - SEVER_GRACE:
+                close()
+        while self._connections_to(endpoint) and loop.time() < deadline:
+            ended = self._ended
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):
+                    await ended.wait()
+        for close, _ in self._connections_to(endpoint):
+            close()
+
+    def _connections_to(self, endpoint: Endpoint) -> list[tuple[Callable[[], object], float]]:
+        """How to close each open connection to `endpoint`, and when it was opened."""
+        return ([(task.cancel, opened) for task, (target, opened) in self._forwarded.items()
+                 if target == endpoint]
+                + [(forward.close, opened) for forward, (target, opened) in self._carried.items()
+                   if target == endpoint])
+
+    def _connection_ended(self) -> None:
+        self._ended.set()
+        self._ended = asyncio.Event()
 
     def _nudge(self) -> None:
         self._moved.set()
@@ -153,13 +178,14 @@ class Tunnel:
         if target is not None and self.carrier is not None:
             forward = self.carrier(client, target.address, target.port, self._carried_end)
             if forward is not None:
-                self._carried[forward] = target
+                self._carried[forward] = (target, asyncio.get_running_loop().time())
                 return
         self._serve_here(client)
 
     def _carried_end(self, forward: Forward, client: socket.socket | None) -> None:
         """OpenSSH closed a connection; one it never took is served here instead."""
         del self._carried[forward]
+        self._connection_ended()
         if client is None:
             self.open_connections -= 1
         else:
@@ -214,11 +240,12 @@ class Tunnel:
                 if self.waiting is not None:
                     await self._answer_waiting(reader, writer)
                 return
-        self._forwarded[task] = target
+        self._forwarded[task] = (target, asyncio.get_running_loop().time())
         try:
             await splice(reader, writer, remote_reader, remote_writer)
         finally:
             del self._forwarded[task]
+            self._connection_ended()
             remote_writer.close()
 
     async def _answer_waiting(

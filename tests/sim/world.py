@@ -114,7 +114,7 @@ class SimTunnel:
     def point(self, target: Endpoint | None) -> None:
         self.target = target
 
-    def sever(self, endpoint: Endpoint) -> None:
+    async def sever(self, endpoint: Endpoint) -> None:
         """Connections are not simulated: none is open to close."""
 
     async def close(self) -> None:

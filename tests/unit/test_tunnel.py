@@ -114,7 +114,7 @@ async def test_severing_closes_the_old_jobs_connections_only() -> None:
         on_old = await connect()
         tunnel.point(new)
         on_new = await connect()
-        tunnel.sever(old)
+        await tunnel.sever(old)
         assert await asyncio.wait_for(on_old[0].read(), 10) == b""
         on_new[1].write(b"still here\n")
         assert await asyncio.wait_for(on_new[0].readline(), 10) == b"still here\n"
@@ -124,6 +124,44 @@ async def test_severing_closes_the_old_jobs_connections_only() -> None:
         await tunnel.close()
         old_job.close()
         new_job.close()
+
+
+async def test_a_request_just_sent_to_the_old_job_finishes_before_the_switch_closes_it(
+) -> None:
+    """A connection opened just before the switch is most likely a request on its way: it
+    gets its answer, and the switch closes it only then."""
+
+    received, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        received.set()
+        await answer.wait()
+        writer.write(line)
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    old_job = await asyncio.start_server(slow_echo, "127.0.0.1", 0)
+    old = Endpoint(node="c1", address="127.0.0.1", port=old_job.sockets[0].getsockname()[1])
+    port = _free_port()
+    tunnel = Tunnel(port, asyncio.open_connection, lambda: None)
+    await tunnel.listen()
+    try:
+        tunnel.point(old)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"request\n")
+        await writer.drain()
+        await asyncio.wait_for(received.wait(), 10)
+        severing = asyncio.create_task(tunnel.sever(old))
+        await asyncio.sleep(0)  # one turn of the loop: the switch closes what it closes at once
+        answer.set()
+        assert await asyncio.wait_for(reader.readline(), 10) == b"request\n"
+        writer.close()
+        await asyncio.wait_for(severing, 10)
+    finally:
+        await tunnel.close()
+        old_job.close()
 
 
 async def test_severing_closes_only_the_old_jobs_carried_connections() -> None:
@@ -158,7 +196,7 @@ async def test_severing_closes_only_the_old_jobs_carried_connections() -> None:
             clients.append(await asyncio.wait_for(handed.get(), 5))
             writer.close()
         assert tunnel.open_connections == 2
-        tunnel.sever(old)
+        await tunnel.sever(old)
         assert closed == ["127.0.0.1:1"]
         assert tunnel.open_connections == 1
     finally:
