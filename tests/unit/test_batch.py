@@ -87,6 +87,37 @@ async def test_an_end_announced_at_the_walltime_is_a_timeout_without_asking_sque
     await slurm.stop()
 
 
+async def test_an_end_after_squeue_showed_the_job_completing_is_still_a_timeout(
+        no_gap: None) -> None:
+    """SLURM lists a job killed at its walltime as COMPLETING, with no time left, at once:
+    a poll in between (a tunnel that failed asks for one) does not hide that walltime end."""
+    slurm, link, _ = backend(running("100", "0:02"))
+    await slurm.poll()
+    slurm._on_announcement("100-0.ready c1 10.0.0.1 8888")
+    link.queue = f"100|COMPLETING|None|c1|0:00|{NAME}\n"
+    await slurm.poll()
+    slurm._on_announcement("100-0.end 143")
+    job = await slurm.job("100", None)
+    assert job is not None and job.state == "TIMEOUT"
+    assert slurm.active_jobs("analysis") == []
+    await slurm.stop()
+
+
+async def test_a_requeued_job_is_not_timed_out_by_the_walltime_of_its_previous_run(
+        no_gap: None) -> None:
+    """A job that waits again has no walltime end until a poll sees it run: the `.end` of
+    its next run is explained by squeue, not taken for a timeout."""
+    slurm, link, _ = backend(running("100", "0:02"))
+    await slurm.poll()
+    link.queue = f"100|PENDING|BeginTime|c1||{NAME}\n"
+    await slurm.poll()
+    slurm._on_announcement("100-1.ready c2 10.0.0.2 8888")
+    slurm._on_announcement("100-1.end 1")
+    job = await slurm.job("100", None)
+    assert job is not None and job.state == "PENDING"
+    await slurm.stop()
+
+
 async def test_an_end_long_before_the_walltime_waits_for_squeue_to_say_how() -> None:
     """A `.end` hours before the walltime is not taken for a timeout: squeue must tell."""
     slurm, _, _ = backend(running("100", "2:00:00"))

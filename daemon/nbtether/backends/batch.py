@@ -114,6 +114,9 @@ class BatchBackend:
         carrier_key = f"{instance}-{name}" if tunnels and config.use_openssh else None
         self.link = link(name, config, self._on_connected, lambda: on_change(None), carrier_key)
         self._jobs: dict[str, JobInfo] = {}
+        # The walltime end the poll gave while each job ran, kept while it is ending: a job
+        # killed at its walltime may be listed as COMPLETING before its `.end` arrives.
+        self._walltime_ends: dict[str, datetime] = {}
         self._finished: dict[str, JobInfo] = {}  # final states from the accounting
         self._forgotten: set[str] = set()  # jobs neither the poll nor the accounting knows
         self._polled_at: datetime | None = None
@@ -209,7 +212,8 @@ class BatchBackend:
         node = cached.node if cached else None
         if job_id in self._cancelled:
             return JobInfo(job_id=job_id, name=name, state="CANCELLED", node=node)
-        if cached is not None and cached.ends_at and ended_at >= cached.ends_at - TIMEOUT_SLACK:
+        walltime_end = self._walltime_ends.get(job_id)
+        if walltime_end is not None and ended_at >= walltime_end - TIMEOUT_SLACK:
             return JobInfo(job_id=job_id, name=name, state="TIMEOUT", node=node)
         return None
 
@@ -274,12 +278,28 @@ class BatchBackend:
                     for job in self.scheduler.parse_poll(_text(result.stdout), started)
                     if rendezvous.session_of(job.name, self.instance) is not None
                 })
+                self._walltime_ends = self._walltime_ends_of(self._jobs)
                 self._last_seen.update(dict.fromkeys(self._jobs, started))
                 self._polled_at = started
                 self._unconfirmed = {s: at for s, at in self._unconfirmed.items() if at > started}
                 self._forget_stale_endpoints(started)
                 self._prune(started)
         self._notify(None)
+
+    def _walltime_ends_of(self, jobs: dict[str, JobInfo]) -> dict[str, datetime]:
+        """Each running job's walltime end, and the one remembered for each job that is
+        ending; a job that waits again (requeued) gets its end anew once it runs."""
+        ends: dict[str, datetime] = {}
+        for job_id, job in jobs.items():
+            if job.kind is JobState.RUNNING:
+                end = job.ends_at
+            elif job.kind is JobState.ENDING:
+                end = self._walltime_ends.get(job_id)
+            else:
+                continue
+            if end is not None:
+                ends[job_id] = end
+        return ends
 
     async def _observed(self, jobs: dict[str, JobInfo]) -> dict[str, JobInfo]:
         """This daemon's jobs as the poll lists them; a scheduler may add what it lacks."""
