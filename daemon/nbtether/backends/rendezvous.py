@@ -91,7 +91,17 @@ export JUPYTER_CONFIG_PATH="$private/config${{JUPYTER_CONFIG_PATH:+:$JUPYTER_CON
 # Port 0: the kernel picks the port, so argv shows no number for another user to take first.
 jupyter {app} --no-browser --ip="$address" --port=0 --ServerApp.root_dir={root_dir} &
 jupyter=$!
-trap 'kill -TERM "$jupyter" 2>/dev/null' TERM INT
+# The end is announced (once, through a temporary file, as `.ready` is) as soon as the job
+# is signalled: Jupyter stops answering then, not once it has shut down its kernels.
+ended=
+announce_end() {{
+    [ -z "$ended" ] || return 0
+    ended=1
+    printf '%s\\n' "$1" > "$run/.end.$$"
+    mv -f "$run/.end.$$" "$announce.end"
+}}
+trap 'announce_end 143; kill -TERM "$jupyter" 2>/dev/null' TERM
+trap 'announce_end 130; kill -TERM "$jupyter" 2>/dev/null' INT
 # Announce (through a file the daemon watches on the login node) the port of Jupyter's
 # runtime file, once Jupyter's own process listens on it.
 if port=$(python -c {held_port} "$jupyter" "$JUPYTER_RUNTIME_DIR"); then
@@ -101,7 +111,7 @@ fi
 status=0
 wait "$jupyter" || status=$?
 while kill -0 "$jupyter" 2>/dev/null; do wait "$jupyter" || status=$?; done
-printf '%s\\n' "$status" > "$announce.end"
+announce_end "$status"
 rm -rf "$private"
 echo "nbtether: notebook exited with status $status" >&2
 exit "$status"
