@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import replace
 
 import structlog
@@ -45,6 +44,7 @@ from nbtether.plan import (
 from nbtether.portpage import Waiting
 from nbtether.spec import SUFFIXES, InvalidSpec, SessionSpec, Spec, load_sessions, session_files
 from nbtether.state import Record, StateStore
+from nbtether.trust import settled_listing
 from nbtether.tunnel import Answer, Carrier, Tunnel, jupyter_activity, port_holder, probe
 
 log = structlog.get_logger(__name__)
@@ -89,6 +89,8 @@ class Reconciler:
         self._tunnel = tunnel
         self._probe = prober
         self._who_holds = who_holds
+        # The last load of the session files: the settings and what it read, and its result.
+        self._loaded: tuple[Settings, Hashable, dict[str, Spec]] | None = None
 
     def names(self) -> set[str]:
         """Every session that has a file or a record."""
@@ -107,10 +109,24 @@ class Reconciler:
             if record.local_port is not None and record.phase in (*SERVING, "invalid")
         }
         holders.update({tunnel.port: name for name, tunnel in self.tunnels.items()})
-        return await asyncio.to_thread(
-            functools.partial(load_sessions, self.settings.sessions_dir, self.settings.clusters,
-                              holders, refusal(self.settings.clusters),
-                              clusters_from=self.settings.describe_clusters()))
+        return await asyncio.to_thread(self._read_specs, self.settings, holders)
+
+    def _read_specs(self, settings: Settings, holders: dict[int, str]) -> dict[str, Spec]:
+        """`load_sessions`, or its last result (shared, not to be changed) while the
+        settings, the ports held and every entry of the directory (by its stat) are as they
+        were: a pass over one session validates every file, and most passes find all of them
+        unchanged."""
+        listing = settled_listing(settings.sessions_dir)
+        read = (listing, tuple(sorted(holders.items())))
+        loaded = self._loaded
+        if listing is not None and loaded is not None and loaded[0] is settings \
+                and loaded[1] == read:
+            return loaded[2]
+        specs = load_sessions(settings.sessions_dir, settings.clusters, holders,
+                              refusal(settings.clusters),
+                              clusters_from=settings.describe_clusters())
+        self._loaded = (settings, read, specs) if listing is not None else None
+        return specs
 
     async def reconcile(self, name: str) -> float | None:
         """One pass over one session; returns when to look again (None: on events only)."""

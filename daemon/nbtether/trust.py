@@ -112,6 +112,41 @@ def read_own_file(path: Path, limit: int) -> bytes:
     return data
 
 
+Identity = tuple[int, ...]
+
+
+def _identity(st: os.stat_result) -> Identity:
+    """The stat of a file, and whether others can write to it (which also depends on who
+    is in its group)."""
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
+            st.st_mtime_ns, st.st_ctime_ns, _writable_by_others(st))
+
+
+def settled_listing(directory: Path) -> tuple[tuple[str, Identity | None], ...] | None:
+    """Every entry of a trusted directory with the identity (the stat) of what it names:
+    equal listings mean that nothing a reader of the directory's files could see has
+    changed. None when the directory is not trusted or an entry changed within SETTLED_NS
+    of now (it could change again unseen, as in `read_own_file`)."""
+    now = time.time_ns()
+    try:
+        check_directory(directory)
+        with os.scandir(directory) as entries:
+            found = sorted(entries, key=lambda entry: entry.name)
+    except (Untrusted, OSError):
+        return None
+    listing: list[tuple[str, Identity | None]] = []
+    for entry in found:
+        try:
+            st = entry.stat()
+        except OSError:
+            listing.append((entry.name, None))
+            continue
+        if now - st.st_ctime_ns <= SETTLED_NS:
+            return None
+        listing.append((entry.name, _identity(st)))
+    return tuple(listing)
+
+
 def _check_own_file(st: os.stat_result) -> None:
     if st.st_uid != os.getuid():
         raise Untrusted(f"the file belongs to {_user(st.st_uid)}, not to you; nothing was read")

@@ -12,7 +12,13 @@ import pytest
 from nbtether import trust
 from nbtether.errors import ConfigError
 from nbtether.state import StateStore
-from nbtether.trust import SETTLED_NS, Untrusted, check_directory, read_own_file
+from nbtether.trust import (
+    SETTLED_NS,
+    Untrusted,
+    check_directory,
+    read_own_file,
+    settled_listing,
+)
 
 LIMIT = 1024
 
@@ -135,3 +141,56 @@ def test_a_file_read_just_after_a_change_is_read_again(
     read_own_file(path, LIMIT)
     read_own_file(path, LIMIT)
     assert len(opens) == 2
+
+
+def _later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every change so far is older than SETTLED_NS from now on."""
+    monkeypatch.setattr(trust, "time", SimpleNamespace(time_ns=lambda: time.time_ns() + 10**12))
+
+
+def test_a_listing_differs_after_any_change_a_reader_could_see(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Equal listings of a directory mean its files read the same: an edit in place (same
+    size, mtime set back), a chmod, a file added, replaced or removed each change it."""
+    _later(monkeypatch)
+    path = tmp_path / "a.yaml"
+    path.write_bytes(b"local_port: 8801\n")
+    first = settled_listing(tmp_path)
+    assert first is not None and first == settled_listing(tmp_path)
+    listings = [first]
+
+    mtime = path.stat().st_mtime_ns
+    with path.open("r+b") as handle:
+        handle.write(b"local_port: 8802\n")
+    os.utime(path, ns=(mtime, mtime))
+    listings.append(settled_listing(tmp_path))
+    path.chmod(0o644)
+    listings.append(settled_listing(tmp_path))
+    (tmp_path / "b.yaml").write_bytes(b"local_port: 8803\n")
+    listings.append(settled_listing(tmp_path))
+    other = tmp_path / "other"
+    other.write_bytes(b"local_port: 8804\n")
+    os.utime(other, ns=(mtime, mtime))
+    os.replace(other, path)
+    listings.append(settled_listing(tmp_path))
+    (tmp_path / "b.yaml").unlink()
+    listings.append(settled_listing(tmp_path))
+    assert None not in listings and len(set(listings)) == len(listings)
+
+
+def test_no_listing_while_an_entry_has_just_changed_or_the_directory_is_untrusted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within a tick of the file system's clock a file can change again and keep its stat;
+    a directory others can write to is not vouched for at all."""
+    path = tmp_path / "a.yaml"
+    path.write_bytes(b"local_port: 8801\n")
+    changed = path.stat().st_ctime_ns
+    monkeypatch.setattr(trust, "time", SimpleNamespace(time_ns=lambda: changed + 1_000_000))
+    assert settled_listing(tmp_path) is None
+    _later(monkeypatch)
+    assert settled_listing(tmp_path) is not None
+    tmp_path.chmod(0o777)
+    try:
+        assert settled_listing(tmp_path) is None
+    finally:
+        tmp_path.chmod(0o700)
