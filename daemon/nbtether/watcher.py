@@ -13,6 +13,11 @@ from nbtether.spec import ignored_files, session_name
 
 log = structlog.get_logger(__name__)
 
+# watchfiles' thread sleeps `step` ms, then takes the GIL to look for changes, whether or not
+# there are any: each wake-up costs CPU. A change is reported one to two steps after it.
+SESSIONS_STEP = 100
+CONFIG_STEP = 500
+
 
 async def watch_sessions(
     directory: Path, on_change: Callable[[str], None], stop: asyncio.Event
@@ -37,7 +42,7 @@ async def watch_sessions(
 
     tell_ignored()
     async for changes in watchfiles.awatch(directory, stop_event=stop, recursive=False,
-                                          debounce=50, step=20):
+                                          debounce=SESSIONS_STEP, step=SESSIONS_STEP):
         for _, path in changes:
             name = session_name(Path(path))
             if name is not None:
@@ -56,6 +61,6 @@ async def watch_config(
     file = file.resolve()
     file.parent.mkdir(parents=True, exist_ok=True)
     async for changes in watchfiles.awatch(file.parent, stop_event=stop, recursive=False,
-                                          debounce=200, step=50):
+                                          debounce=CONFIG_STEP, step=CONFIG_STEP):
         if any(Path(path).resolve() == file for _, path in changes):
             await on_change()
