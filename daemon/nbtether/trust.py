@@ -64,9 +64,17 @@ def check_directory(path: Path, home: Path | None = None) -> None:
 # its inode (a file renamed over it). But a file system's clock ticks every few ms, so a
 # file changed in the same tick as it is read could change again unseen: a file is kept
 # only once its last change is SETTLED_NS older than the read (git's "racy" entries).
-_KEPT: dict[str, tuple[tuple[int, ...], bytes]] = {}
+Identity = tuple[int, ...]
+_KEPT: dict[str, tuple[Identity, bytes]] = {}
 KEPT_FILES = 256
 SETTLED_NS = 20_000_000
+
+
+def _identity(st: os.stat_result) -> Identity:
+    """The stat of a file, and whether others can write to it (which also depends on who
+    is in its group)."""
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
+            st.st_mtime_ns, st.st_ctime_ns, _writable_by_others(st))
 
 
 def read_own_file(path: Path, limit: int) -> bytes:
@@ -89,8 +97,7 @@ def read_own_file(path: Path, limit: int) -> bytes:
     _check_own_file(before)
     if before.st_size > limit:
         raise Untrusted(f"the file is larger than {_size(limit)} ({_size(before.st_size)})")
-    identity = (before.st_dev, before.st_ino, before.st_mode, before.st_uid, before.st_size,
-                before.st_mtime_ns, before.st_ctime_ns)
+    identity = _identity(before)
     kept = _KEPT.get(str(path))
     if kept is not None and kept[0] == identity:
         return kept[1]
@@ -110,16 +117,6 @@ def read_own_file(path: Path, limit: int) -> bytes:
             _KEPT.clear()
         _KEPT[str(path)] = (identity, data)
     return data
-
-
-Identity = tuple[int, ...]
-
-
-def _identity(st: os.stat_result) -> Identity:
-    """The stat of a file, and whether others can write to it (which also depends on who
-    is in its group)."""
-    return (st.st_dev, st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_size,
-            st.st_mtime_ns, st.st_ctime_ns, _writable_by_others(st))
 
 
 def settled_listing(directory: Path) -> tuple[tuple[str, Identity | None], ...] | None:
