@@ -104,9 +104,9 @@ def control_path(key: str) -> Path | None:
 HOLD_COMMAND = "exec cat >/dev/null"
 
 
-def master_argv(config: ClusterConfig, path: Path, ciphers: list[str]) -> list[str]:
+def master_argv(config: ClusterConfig, path: Path, known_hosts: Path,
+                ciphers: list[str]) -> list[str]:
     """`ssh -M` to the login node, checked as strictly as the daemon's own connection."""
-    known_hosts = config.known_hosts or Path("~/.ssh/known_hosts").expanduser()
     options = {
         "ControlMaster": "yes", "ControlPath": str(path), "ControlPersist": "no",
         "BatchMode": "yes",  # never prompts: a login that needs a person is the daemon's

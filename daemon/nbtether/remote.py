@@ -59,6 +59,11 @@ _HOP_OPTIONS = ("known_hosts", "agent_forwarding", "agent_path", "connect_timeou
                 "encryption_algs")
 
 
+def known_hosts_file(config: ClusterConfig) -> Path:
+    """The known_hosts file every connection to the cluster is checked against."""
+    return config.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+
+
 def connect_options(config: ClusterConfig) -> dict[str, Any]:
     """asyncssh.connect() arguments for a cluster; unset ones come from ~/.ssh/config."""
     options: dict[str, Any] = {
@@ -77,7 +82,7 @@ def connect_options(config: ClusterConfig) -> dict[str, Any]:
             raise ConfigError(f"identity_file {config.identity_file} does not exist")
         options["client_keys"] = [str(config.identity_file)]
     # Explicit, so that an ssh_config `UserKnownHostsFile none` cannot turn checking off.
-    known_hosts = config.known_hosts or Path("~/.ssh/known_hosts").expanduser()
+    known_hosts = known_hosts_file(config)
     if not known_hosts.is_file():
         raise HostKeyError(f"known_hosts {known_hosts} does not exist; log in once with ssh "
                            "and check the host key fingerprint, or set known_hosts")
@@ -390,8 +395,8 @@ class SshLink:
             log.info("no private directory for an OpenSSH control socket; tunnels carry "
                      "their own bytes", cluster=self.name)
             return None
-        self._master = openssh.Master(self.name, openssh.master_argv(self.config, path, CIPHERS),
-                                      path)
+        argv = openssh.master_argv(self.config, path, known_hosts_file(self.config), CIPHERS)
+        self._master = openssh.Master(self.name, argv, path)
         return asyncio.create_task(self._master.run(), name=f"openssh-{self.name}")
 
     def carry(self, client: socket.socket, host: str, port: int,

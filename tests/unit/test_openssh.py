@@ -15,7 +15,7 @@ from nbtether import openssh
 from nbtether.backends.batch import BatchBackend
 from nbtether.backends.kinds import make_backend
 from nbtether.config import ClusterConfig
-from nbtether.remote import CIPHERS
+from nbtether.remote import CIPHERS, known_hosts_file
 
 
 def fields(message: bytes) -> list[bytes]:
@@ -48,7 +48,7 @@ def test_replies_are_split_only_when_complete() -> None:
 def test_the_master_is_as_strict_as_the_daemon(tmp_path: Path) -> None:
     config = ClusterConfig(host="login.example.org", user="ada", port=2222,
                            identity_file=tmp_path / "key", known_hosts=tmp_path / "known")
-    argv = openssh.master_argv(config, tmp_path / "ctl", CIPHERS)
+    argv = openssh.master_argv(config, tmp_path / "ctl", known_hosts_file(config), CIPHERS)
     options = dict(arg.split("=", 1) for arg in argv if "=" in arg)
     assert options["StrictHostKeyChecking"] == "yes"
     assert options["UserKnownHostsFile"] == str(tmp_path / "known")
