@@ -30,6 +30,7 @@ from tests.bench.common import (
     say,
 )
 from tests.cluster import Cluster, wait_for
+from tests.e2e.harness import login_keys
 
 BIG_FILE = "nbtether-bench-300M.bin"
 BIG_SIZE = 300 * 1024 * 1024  # `head -c 300M` writes MiB
@@ -49,9 +50,8 @@ IN_DAEMON_LABEL = "nbtether, use_openssh: false"
 
 def in_daemon_cluster(cluster: Cluster) -> str:
     """Config text for a second entry of the testbed cluster with `use_openssh: false`."""
-    return (f"  {IN_DAEMON}:\n    host: {cluster.host}\n    port: {cluster.port}\n"
-            f"    user: {cluster.user}\n    identity_file: {cluster.identity_file}\n"
-            f"    known_hosts: {cluster.known_hosts}\n    use_openssh: false\n")
+    keys = login_keys(cluster, "use_openssh: false\n")
+    return f"  {IN_DAEMON}:\n" + "".join(f"    {line}\n" for line in keys.splitlines())
 
 
 @contextlib.contextmanager

@@ -133,6 +133,14 @@ class Prober(threading.Thread):
         self.join(timeout=10)
 
 
+def login_keys(cluster: Cluster, extra: str = "") -> str:
+    """A cluster entry's keys for the test bed's login node (YAML, one key per line), then
+    `extra`."""
+    return (f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
+            f"identity_file: {cluster.identity_file}\nknown_hosts: {cluster.known_hosts}\n"
+            + extra)
+
+
 class Daemon:
     """One daemon with its own config, sessions directory and state directory."""
 
@@ -149,11 +157,7 @@ class Daemon:
         self.config = root / "config.yaml"
         self.log = root / "daemon.log"
         self.sessions.mkdir(parents=True, exist_ok=True)
-        testbed = testbed or (
-            f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
-            f"identity_file: {cluster.identity_file}\nknown_hosts: {cluster.known_hosts}\n"
-            f"kind: {scheduler}\n"
-        )
+        testbed = testbed or login_keys(cluster, f"kind: {scheduler}\n")
         keys = "".join(f"    {line}\n" for line in testbed.splitlines())
         self.config.write_text(
             f"sessions_dir: {self.sessions}\nstate_dir: {self.state}\n"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Cluster, wait_for
-from tests.e2e.harness import Daemon, free_port, session_yaml, token_of
+from tests.e2e.harness import Daemon, free_port, login_keys, session_yaml, token_of
 
 pytestmark = pytest.mark.e2e
 
@@ -96,10 +96,7 @@ def test_the_master_ends_with_the_daemon(daemon: Daemon) -> None:
 def test_use_openssh_false_keeps_the_bytes_in_the_daemon(tmp_path: Path,
                                                         cluster: Cluster) -> None:
     """`use_openssh: false`: no master, and the daemon carries every connection itself."""
-    testbed = (f"host: {cluster.host}\nport: {cluster.port}\nuser: {cluster.user}\n"
-               f"identity_file: {cluster.identity_file}\nknown_hosts: {cluster.known_hosts}\n"
-               "use_openssh: false\n")
-    daemon = Daemon(tmp_path, cluster, testbed=testbed)
+    daemon = Daemon(tmp_path, cluster, testbed=login_keys(cluster, "use_openssh: false\n"))
     daemon.start()
     try:
         port = free_port()
